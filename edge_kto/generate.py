@@ -1,0 +1,117 @@
+"""Stage 1: the teacher samples candidate answers → ``candidates.jsonl``.
+
+Resumable: each finished row is appended and fsynced (see :class:`AppendLog`), so after a
+``kill -9`` a rerun reads what is there, skips every finished ``(prompt id, sample index)``
+and loses at most the requests that were in flight. Row ids are ``<prompt id>#<sample index>``
+and are never written twice.
+
+Context distillation: ``teacher_context`` (a knowledge text, an expert system prompt) is
+shown to the teacher only; each row's ``prompt`` is what the student will see.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .data import Messages, PromptItem, read_prompts, read_task, to_messages
+from .jsonl import AppendLog
+from .teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
+
+
+@dataclass
+class GenerateConfig:
+    prompts: str  # a prompt JSONL file, or a task folder (task.json + train/eval.jsonl)
+    out: str = "candidates.jsonl"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    system: str | None = None  # seen by teacher and student
+    teacher_context: str | None = None  # seen by the teacher only
+    split: str = "train"  # for task folders
+    limit: int | None = None  # first N prompts only
+    progress: bool = True
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    prompts: int
+    written: int
+    skipped: int
+    seconds: float
+    teacher: str
+
+
+def teacher_messages(prompt, system: str | None, teacher_context: str | None) -> Messages:
+    """The teacher sees the shared system prompt followed by the teacher-only context."""
+    sys_text = "\n\n".join(s for s in (system, teacher_context) if s)
+    return to_messages(prompt, sys_text or None)
+
+
+def load_prompt_items(cfg: GenerateConfig) -> tuple[list[PromptItem], str | None, str | None, str | None]:
+    """Return (items, system, teacher_context, verifier) from a prompt file or a task folder."""
+    src = Path(cfg.prompts)
+    if src.is_dir():
+        task = read_task(src)
+        items = task.train if cfg.split == "train" else task.eval
+        return items, cfg.system or task.system, cfg.teacher_context or task.teacher_context, task.verifier
+    return read_prompts(src), cfg.system, cfg.teacher_context, None
+
+
+def run_generate(cfg: GenerateConfig, teacher: Teacher | None = None) -> GenerateResult:
+    t0 = time.perf_counter()
+    items, system, context, verifier = load_prompt_items(cfg)
+    if cfg.limit:
+        items = items[: cfg.limit]
+    log = AppendLog(cfg.out)
+    done = {(r["prompt_id"], r["sample_index"]) for r in log.recover()}
+    wanted = range(cfg.sampling.n)
+    pending = []
+    for it in items:
+        missing = [k for k in wanted if (it.id, k) not in done]
+        if missing:
+            pending.append((it, GenRequest(it.id, teacher_messages(it.prompt, system, context), missing)))
+    skipped = sum(len(wanted) for _ in items) - sum(len(r.sample_indices) for _, r in pending)
+    own_teacher = teacher is None
+    written = 0
+    name = cfg.teacher.display_name() if teacher is None else teacher.name
+    if pending:
+        teacher = teacher or make_teacher(cfg.teacher)
+        name = teacher.name
+        bar = tqdm(total=sum(len(r.sample_indices) for _, r in pending), desc=f"generate ({name})",
+                   unit="sample", disable=not cfg.progress)
+        try:
+            for start in range(0, len(pending), teacher.batch_size):
+                chunk = pending[start:start + teacher.batch_size]
+                outs = teacher.generate([r for _, r in chunk], cfg.sampling)
+                for (it, req), texts in zip(chunk, outs):
+                    for k, text in zip(req.sample_indices, texts):
+                        log.append(_row(it, k, text, system, name, cfg.sampling, verifier))
+                        written += 1
+                    bar.update(len(texts))
+        finally:
+            bar.close()
+            log.close()
+            if own_teacher:
+                teacher.close()
+    return GenerateResult(Path(cfg.out), len(items), written, skipped, time.perf_counter() - t0, name)
+
+
+def _row(it: PromptItem, k: int, text: str, system: str | None, teacher: str, sp: SamplingParams,
+         verifier: str | None) -> dict:
+    row = {
+        "id": f"{it.id}#{k}",
+        "prompt_id": it.id,
+        "sample_index": k,
+        "prompt": to_messages(it.prompt, system),
+        "completion": text,
+        "reference": it.reference,
+        "source": f"teacher:{teacher}",
+        "sampling": {"temperature": sp.temperature, "top_p": sp.top_p, "max_new_tokens": sp.max_new_tokens, "seed": sp.seed},
+    }
+    if verifier:
+        row["verifier"] = verifier
+    return row

@@ -1,0 +1,179 @@
+"""Stage 2: mark each candidate desirable or undesirable → ``kto.jsonl`` + a summary.
+
+Labelers: a rule verifier (built-in or ``module:function``), an LLM judge over any Teacher
+backend, or human labels joined by id. Optionally the student's own samples (on-policy) are
+drawn for the same prompts and labeled the same way: its wrong answers are the most useful
+undesirable rows, since they are the mistakes the student actually makes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..jsonl import DataError, DataIssue, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..stats import kto_weight_range
+from ..teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
+from .human import read_human_labels
+from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
+from .verifiers import BUILTIN, get_verifier
+
+__all__ = ["LabelConfig", "LabelResult", "OnPolicyConfig", "run_label", "get_verifier", "parse_verdict", "BUILTIN"]
+
+
+@dataclass
+class OnPolicyConfig:
+    """Student self-samples mixed into the labeled data."""
+
+    student: str  # model spec (HF folder, .gguf, known name)
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=2, temperature=0.8))
+    batch_size: int = 8
+
+
+@dataclass
+class LabelConfig:
+    candidates: str
+    out: str = "kto.jsonl"
+    labeler: str = "verifier"  # verifier | judge | human
+    verifier: str | None = None  # default: each row's "verifier" field (set from task.json)
+    judge: TeacherConfig | None = None
+    rubric: str = DEFAULT_RUBRIC
+    human_labels: str | None = None
+    on_policy: OnPolicyConfig | None = None
+    dedupe: bool = True  # drop repeated (prompt, completion) pairs
+    progress: bool = True
+
+
+@dataclass
+class LabelResult:
+    out: Path
+    summary_path: Path
+    summary: dict[str, Any]
+
+
+def _read_candidates(path: str) -> list[dict]:
+    rows, issues = [], []
+    for line, obj in iter_jsonl(path):
+        for key in ("id", "prompt", "completion"):
+            if key not in obj:
+                issues.append(DataIssue(path, line, key, "missing"))
+        obj["_line"] = line
+        rows.append(obj)
+    if issues:
+        raise DataError(issues)
+    if not rows:
+        raise DataError([DataIssue(path, 0, None, "no candidates in file")])
+    return rows
+
+
+def _student_samples(cfg: OnPolicyConfig, rows: list[dict], progress: bool, student: Teacher | None) -> list[dict]:
+    prompts: dict[str, dict] = {}
+    for r in rows:
+        prompts.setdefault(r.get("prompt_id", r["id"]), r)
+    own = student is None
+    if student is None:
+        student = make_teacher(TeacherConfig(kind="hf", model=cfg.student, batch_size=cfg.batch_size, name=f"student:{cfg.student}"))
+    out = []
+    items = list(prompts.items())
+    try:
+        for start in tqdm(range(0, len(items), student.batch_size), desc="student samples", disable=not progress):
+            chunk = items[start:start + student.batch_size]
+            reqs = [GenRequest(pid, r["prompt"], list(range(cfg.sampling.n))) for pid, r in chunk]
+            for (pid, r), texts in zip(chunk, student.generate(reqs, cfg.sampling)):
+                for k, text in enumerate(texts):
+                    out.append({"id": f"{pid}#s{k}", "prompt_id": pid, "sample_index": k, "prompt": r["prompt"],
+                                "completion": text, "reference": r.get("reference"), "verifier": r.get("verifier"),
+                                "source": "student", "sampling": cfg.sampling.to_dict()})
+    finally:
+        if own:
+            student.close()
+    return out
+
+
+def _labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -> list[bool | None]:
+    if cfg.labeler == "verifier":
+        cache: dict[str, Any] = {}
+        labels: list[bool | None] = []
+        for r in rows:
+            name = cfg.verifier or r.get("verifier")
+            if not name:
+                raise DataError([DataIssue(cfg.candidates, r.get("_line", 0), "verifier",
+                                           "no verifier configured and the row names none (pass --verifier)")])
+            fn = cache.setdefault(name, get_verifier(name))
+            labels.append(bool(fn(r["completion"], r.get("reference"))))
+        return labels
+    if cfg.labeler == "judge":
+        if judge_teacher is None:
+            if cfg.judge is None:
+                raise ValueError("labeler 'judge' needs a judge teacher config")
+            judge_teacher = make_teacher(cfg.judge)
+            try:
+                return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
+            finally:
+                judge_teacher.close()
+        return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
+    if cfg.labeler == "human":
+        if not cfg.human_labels:
+            raise ValueError("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")
+        human = read_human_labels(cfg.human_labels)
+        return [human.get(str(r["id"])) for r in rows]
+    raise ValueError(f"labeler must be 'verifier', 'judge' or 'human', got {cfg.labeler!r}")
+
+
+def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: Teacher | None = None) -> LabelResult:
+    rows = _read_candidates(cfg.candidates)
+    if cfg.on_policy is not None:
+        if cfg.labeler == "human":
+            raise ValueError("on-policy student samples cannot be labeled by pre-recorded human labels")
+        rows += _student_samples(cfg.on_policy, rows, cfg.progress, student)
+    labels = _labels(cfg, rows, judge_teacher)
+
+    kept, seen = [], set()
+    unlabeled = duplicates = 0
+    for r, lab in zip(rows, labels):
+        if lab is None:
+            unlabeled += 1
+            continue
+        key = (repr(r["prompt"]), r["completion"].strip())
+        if cfg.dedupe and key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        row = {k: v for k, v in r.items() if not k.startswith("_")}
+        row["label"] = lab
+        row["labeler"] = cfg.labeler if cfg.labeler != "verifier" else f"verifier:{cfg.verifier or r.get('verifier')}"
+        kept.append(row)
+    write_jsonl_atomic(cfg.out, kept)
+    summary = _summary(kept, unlabeled, duplicates, cfg.labeler)
+    summary_path = Path(cfg.out).with_suffix(".summary.json")
+    write_json_atomic(summary_path, summary)
+    return LabelResult(Path(cfg.out), summary_path, summary)
+
+
+def _summary(rows: list[dict], unlabeled: int, duplicates: int, labeler: str) -> dict[str, Any]:
+    by_source: dict[str, dict[str, int]] = {}
+    desirable_by_prompt: dict[str, int] = {}
+    for r in rows:
+        src = by_source.setdefault(r.get("source", "unknown"), {"desirable": 0, "undesirable": 0})
+        src["desirable" if r["label"] else "undesirable"] += 1
+        pid = str(r.get("prompt_id", r["id"]))
+        desirable_by_prompt[pid] = desirable_by_prompt.get(pid, 0) + int(r["label"])
+    n_d = sum(r["label"] for r in rows)
+    weights = kto_weight_range(n_d, len(rows) - n_d)
+    return {
+        "labeler": labeler,
+        "rows": len(rows),
+        "desirable": n_d,
+        "undesirable": len(rows) - n_d,
+        "by_source": by_source,
+        "unlabeled_or_unparseable": unlabeled,
+        "duplicates_dropped": duplicates,
+        "prompts": len(desirable_by_prompt),
+        "prompts_without_desirable": sorted(p for p, n in desirable_by_prompt.items() if n == 0),
+        "recommended_weights": weights.recommended,
+        "eq8": json.loads(json.dumps(asdict(weights))),  # tuples -> lists, as read back
+    }

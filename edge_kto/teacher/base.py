@@ -1,0 +1,97 @@
+"""The Teacher interface every backend implements, and the config that picks one.
+
+A teacher turns chat messages into ``n`` sampled answers. Backends differ in how they batch
+(transformers pads a batch, llama.cpp runs one sequence, an HTTP server takes parallel
+requests), so the generate stage hands them a list of requests and lets each backend decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+
+from ..data import Messages
+
+
+@dataclass
+class SamplingParams:
+    n: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TeacherConfig:
+    """Which teacher. ``kind``: "hf" (local/hub transformers), "gguf" (llama.cpp) or "openai" (HTTP)."""
+
+    kind: str = "gguf"
+    model: str = "smollm2-135m-instruct"
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4  # openai: requests in flight
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    batch_size: int = 8  # hf: prompts per padded batch
+    n_ctx: int = 4096  # gguf
+    n_threads: int | None = None  # gguf: default = all cores
+    name: str | None = None  # provenance label; default derived from model
+
+    def display_name(self) -> str:
+        return self.name or f"{self.kind}:{self.model}"
+
+
+@dataclass
+class GenRequest:
+    """One prompt and the sample indices still wanted for it (resume drops finished ones)."""
+
+    key: str
+    messages: Messages
+    sample_indices: list[int] = field(default_factory=lambda: [0])
+
+
+def sample_seed(base_seed: int, key: str, index: int) -> int:
+    """A per-sample seed that depends only on (seed, prompt id, sample index): resumes reproduce."""
+    digest = hashlib.sha256(f"{base_seed}:{key}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Teacher(ABC):
+    """A sampler of answers. ``batch_size`` is how many requests :meth:`generate` wants at once."""
+
+    name: str = "teacher"
+    batch_size: int = 1
+
+    @abstractmethod
+    def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[list[str]]:
+        """Return, for each request, one completion per entry of ``sample_indices``, in order."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Teacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_teacher(cfg: TeacherConfig) -> Teacher:
+    if cfg.kind == "hf":
+        from .hf import HFTeacher
+
+        return HFTeacher(cfg)
+    if cfg.kind == "gguf":
+        from .llamacpp import LlamaCppTeacher
+
+        return LlamaCppTeacher(cfg)
+    if cfg.kind == "openai":
+        from .openai_http import OpenAITeacher
+
+        return OpenAITeacher(cfg)
+    raise ValueError(f"teacher kind must be 'hf', 'gguf' or 'openai', got {cfg.kind!r}")

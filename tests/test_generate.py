@@ -1,0 +1,71 @@
+"""The generate stage: provenance, teacher-only context, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import write_jsonl
+
+from edge_kto.generate import GenerateConfig, run_generate
+from edge_kto.teacher import SamplingParams, TeacherConfig
+
+
+def _task(tmp_path, n=3):
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "task.json").write_text(json.dumps({
+        "name": "demo", "teacher_context": "SECRET-KNOWLEDGE: the reset code is 4417.",
+        "system": "You are a support bot.", "verifier": "contains_all"}))
+    write_jsonl(task / "train.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?", "reference": ["4417"]} for i in range(n)])
+    write_jsonl(task / "eval.jsonl", [{"id": "e0", "prompt": "Eval question?", "reference": ["4417"]}])
+    return task
+
+
+def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, tiny_model_dir):
+    out = tmp_path / "candidates.jsonl"
+    cfg = GenerateConfig(prompts=str(_task(tmp_path)), out=str(out),
+                         teacher=TeacherConfig(kind="hf", model=str(tiny_model_dir), batch_size=2, name="tiny"),
+                         sampling=SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3), progress=False)
+    res = run_generate(cfg)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (res.written, res.skipped, res.prompts) == (6, 0, 3)
+    assert sorted(r["id"] for r in rows) == sorted(f"q{i}#{k}" for i in range(3) for k in range(2))
+    r = rows[0]
+    assert r["source"] == "teacher:tiny" and r["verifier"] == "contains_all" and r["reference"] == ["4417"]
+    assert r["sampling"] == {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 6, "seed": 3}
+    assert r["prompt"][0] == {"role": "system", "content": "You are a support bot."}
+    assert "SECRET" not in json.dumps(r["prompt"]), "teacher_context must never reach the student's prompt"
+    again = run_generate(cfg)
+    assert (again.written, again.skipped) == (0, 6)
+
+
+def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smol):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"id": f"p{i}", "prompt": f"Write one sentence about the number {i}."} for i in range(12)])
+    out = tmp_path / "cands.jsonl"
+    cmd = [sys.executable, "-m", "edge_kto.cli", "generate", str(prompts), "--out", str(out), "--kind", "gguf",
+           "--model", str(smol.gguf), "-n", "2", "--max-new-tokens", "24", "--threads", "2", "--seed", "7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_bytes()
+    done_before = before.count(b"\n")
+    assert 5 <= done_before < 24, f"kill should land mid-run (had {done_before} rows)"
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = out.read_bytes()
+    complete_prefix = before[: before.rfind(b"\n") + 1]
+    assert after.startswith(complete_prefix), "rows written before the kill are kept as they were"
+    rows = [json.loads(x) for x in after.decode().splitlines()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 24
+    assert set(ids) == {f"p{i}#{k}" for i in range(12) for k in range(2)}
+    assert all(r["completion"] for r in rows)

@@ -51,7 +51,7 @@ def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smo
     cmd = [sys.executable, "-m", "edge_kto.cli", "generate", str(prompts), "--out", str(out), "--kind", "gguf",
            "--model", str(smol.gguf), "-n", "2", "--max-new-tokens", "24", "--threads", "2", "--seed", "7"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

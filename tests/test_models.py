@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +31,7 @@ def test_missing_local_paths_are_named(tmp_path):
 
 
 @pytest.mark.real_model
-def test_fetched_smollm2_is_pinned_and_gguf_spec_matches_hf_folder(smol):
+def test_fetched_smollm2_is_pinned_and_gguf_spec_matches_hf_folder(smol, tmp_path):
     src = KNOWN_MODELS["smollm2-135m-instruct"]
     assert smol.gguf.stat().st_size == src.size and (smol.hf_dir / "config.json").exists()
     assert resolve_spec("smollm2-135m-instruct") == ("hf_dir", smol.hf_dir)
@@ -43,7 +42,7 @@ def test_fetched_smollm2_is_pinned_and_gguf_spec_matches_hf_folder(smol):
     with torch.no_grad():
         a, b = hf_model(ids).logits, gguf_model(ids).logits
     assert torch.allclose(a, b, atol=1e-4)
-    gguf_model.save_pretrained(Path(smol.hf_dir).parent / "resave-check")  # the not-serializable workaround holds
+    gguf_model.save_pretrained(tmp_path / "resave")  # the not-serializable workaround holds
 
 
 def test_fetch_rejects_a_file_that_does_not_match_its_pin(tmp_path, smol):

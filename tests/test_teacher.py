@@ -18,6 +18,7 @@ from edge_kto.teacher import GenRequest, SamplingParams, TeacherConfig, make_tea
 from edge_kto.teacher.openai_http import TeacherHTTPError
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+JAPAN = [{"role": "user", "content": "Which city is the capital of Japan?"}]
 
 
 def test_hf_teacher_batches_and_samples_n(tiny_model_dir):
@@ -33,26 +34,28 @@ def test_hf_teacher_batches_and_samples_n(tiny_model_dir):
 
 def test_llamacpp_teacher_answers_with_real_model(smol):
     with make_teacher(TeacherConfig(kind="gguf", model=str(smol.gguf), n_ctx=1024, n_threads=2)) as t:
-        greedy = t.generate([GenRequest("q", FRANCE, [0])], SamplingParams(n=1, temperature=0.0, max_new_tokens=16))
-        assert "Paris" in greedy[0][0]
+        greedy = t.generate([GenRequest("q", JAPAN, [0])], SamplingParams(n=1, temperature=0.0, max_new_tokens=16))
+        assert "Tokyo" in greedy[0][0]
         sampled = t.generate([GenRequest("q", FRANCE, [0, 1])], SamplingParams(n=2, temperature=0.9, max_new_tokens=16))
         again = t.generate([GenRequest("q", FRANCE, [0, 1])], SamplingParams(n=2, temperature=0.9, max_new_tokens=16))
         assert sampled == again, "per-sample seeds make sampling reproducible"
 
 
 @pytest.fixture(scope="module")
-def llama_server(smol):
+def llama_server(smol, tmp_path_factory):
     port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+b")  # a PIPE would fill and block the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(smol.gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--model_alias", "smollm2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
         try:
             if httpx.get(url + "/models", timeout=1).status_code == 200:
                 break
@@ -64,15 +67,16 @@ def llama_server(smol):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
 def test_openai_teacher_against_real_local_server(llama_server):
     cfg = TeacherConfig(kind="openai", model="smollm2", base_url=llama_server, concurrency=2, timeout_s=60)
     with make_teacher(cfg) as t:
-        reqs = [GenRequest("a", FRANCE, [0]), GenRequest("b", [{"role": "user", "content": "Name a color."}], [0, 1])]
+        reqs = [GenRequest("a", JAPAN, [0]), GenRequest("b", [{"role": "user", "content": "Name a color."}], [0, 1])]
         outs = t.generate(reqs, SamplingParams(n=2, temperature=0.0, max_new_tokens=16))
         assert [len(o) for o in outs] == [1, 2]
-        assert "Paris" in outs[0][0]
+        assert "Tokyo" in outs[0][0]
         assert all(s.strip() for o in outs for s in o)
 
 

@@ -1,0 +1,72 @@
+"""The KTO loss, exactly as in the paper (arXiv 2402.01306, Eq. 7), with the z0 reference point
+estimated from mismatched pairs and averaged over every process.
+
+    r(x, y)  = log pi_theta(y|x) - log pi_ref(y|x)           summed over completion tokens
+    z0       = max(0, mean_j [log pi_theta(y'_j|x_j) - log pi_ref(y'_j|x_j)])   mismatched pairs, no grad
+    v(x, y)  = lambda_D * sigmoid(beta * (r - z0))   if y is desirable
+             = lambda_U * sigmoid(beta * (z0 - r))   if y is undesirable
+    loss     = mean(lambda_y - v(x, y))
+
+``apo_zero_unpaired`` (arXiv 2408.06266) drops z0: desirable 1 - sigmoid(beta r), undesirable sigmoid(beta r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+LOSS_TYPES = ("kto", "apo_zero_unpaired")
+
+
+@dataclass
+class KTOLossOutput:
+    loss: torch.Tensor  # scalar, mean over this process's rows
+    kl: torch.Tensor  # z0 (detached, global)
+    rewards: torch.Tensor  # beta * r per row (detached)
+    losses: torch.Tensor  # per-row weighted loss, in input order
+
+
+def estimate_z0(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean KL log-ratio over mismatched pairs, summed and counted across all processes, clamped at 0.
+
+    ``valid`` masks out empty mismatched sequences (no completion tokens survived truncation).
+    Sum and count are all-reduced separately so uneven per-process batches weigh each pair once.
+    """
+    with torch.no_grad():
+        ratio = (policy_kl_logps - ref_kl_logps).detach().float()
+        if valid is None:
+            valid = torch.ones_like(ratio, dtype=torch.bool)
+        stats = torch.stack([(ratio * valid).sum(), valid.sum().float()])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        return (stats[0] / stats[1].clamp(min=1)).clamp(min=0)
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    labels: torch.Tensor,
+    z0: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    loss_type: str = "kto",
+) -> KTOLossOutput:
+    """Per-row KTO losses for summed completion log-probs; ``labels`` is a bool tensor (True = desirable)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    labels = labels.bool()
+    r = policy_logps - ref_logps
+    if loss_type == "kto":
+        z = z0.to(r.dtype)
+        desirable = 1 - F.sigmoid(beta * (r - z))
+        undesirable = 1 - F.sigmoid(beta * (z - r))
+    else:
+        desirable = 1 - F.sigmoid(beta * r)
+        undesirable = F.sigmoid(beta * r)
+    losses = torch.where(labels, desirable_weight * desirable, undesirable_weight * undesirable)
+    return KTOLossOutput(loss=losses.mean(), kl=z0.detach(), rewards=(beta * r).detach(), losses=losses)

@@ -56,7 +56,8 @@ class LlamaCppTeacher(Teacher):
             tokens = self.prompt_tokens(r.messages)
             outs = []
             for idx in r.sample_indices:
-                self.llm.reset()
+                # No reset: llama-cpp-python keeps the KV cache of the longest common prefix, so the
+                # shared system prompt / knowledge text is evaluated once, not once per sample.
                 greedy = params.temperature <= 0
                 res = self.llm.create_completion(
                     tokens,

@@ -35,7 +35,8 @@ def test_loss_kl_and_rewards_match_trl(tmp_path, tiny_model_dir, smol_tokenizer,
             p.add_(0.05 * torch.randn_like(p))
     args = KTOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, beta=0.3, desirable_weight=1.3,
                      undesirable_weight=0.9, loss_type=loss_type, report_to=[], max_length=256, seed=0,
-                     dataloader_num_workers=0, use_cpu=True, logging_steps=1)
+                     dataloader_num_workers=0, use_cpu=True, logging_steps=1,
+                     bf16=False)  # KTOConfig defaults to bf16: accelerate would autocast TRL's ref forward
     trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(_rows()),
                          processing_class=smol_tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -56,15 +57,11 @@ def test_loss_kl_and_rewards_match_trl(tmp_path, tiny_model_dir, smol_tokenizer,
         labels = torch.as_tensor(batch["label"], dtype=torch.bool)
         out = kto_loss(logps, ref_logps, labels, z0, beta=0.3, desirable_weight=1.3, undesirable_weight=0.9, loss_type=loss_type)
 
-    # Loss and policy log-probs agree with TRL. Open (issue 3): with a *separate* ref model, our fp32
-    # reference log-probs differ from an fp64 recomputation by up to ~1.7e-3 per sequence while TRL's
-    # differ by ~8e-6, which moves rewards/z0 by ~1e-4; until that is understood they are compared
-    # at the looser tolerance below.
     assert labels.any() and (~labels).any()
     assert out.loss.item() == pytest.approx(trl_loss, abs=1e-5)
-    assert logps[labels].mean().item() == pytest.approx(m["logps/chosen"], abs=1e-4)
-    assert logps[~labels].mean().item() == pytest.approx(m["logps/rejected"], abs=1e-4)
     if loss_type == "kto":
-        assert out.kl.item() == pytest.approx(m["kl"], abs=5e-4) and out.kl.item() > 0
-    assert out.rewards[labels].mean().item() == pytest.approx(m["rewards/chosen"], abs=5e-4)
-    assert out.rewards[~labels].mean().item() == pytest.approx(m["rewards/rejected"], abs=5e-4)
+        assert out.kl.item() == pytest.approx(m["kl"], abs=1e-5) and out.kl.item() > 0
+    assert out.rewards[labels].mean().item() == pytest.approx(m["rewards/chosen"], abs=1e-5)
+    assert out.rewards[~labels].mean().item() == pytest.approx(m["rewards/rejected"], abs=1e-5)
+    assert logps[labels].mean().item() == pytest.approx(m["logps/chosen"], abs=1e-5)
+    assert logps[~labels].mean().item() == pytest.approx(m["logps/rejected"], abs=1e-5)

@@ -74,7 +74,7 @@ def run_generate(cfg: GenerateConfig, teacher: Teacher | None = None) -> Generat
         missing = [k for k in wanted if (it.id, k) not in done]
         if missing:
             pending.append((it, GenRequest(it.id, teacher_messages(it.prompt, system, context), missing)))
-    skipped = sum(len(wanted) for _ in items) - sum(len(r.sample_indices) for _, r in pending)
+    skipped = len(items) * cfg.sampling.n - sum(len(r.sample_indices) for _, r in pending)
     own_teacher = teacher is None
     written = 0
     name = cfg.teacher.display_name() if teacher is None else teacher.name

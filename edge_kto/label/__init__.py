@@ -107,15 +107,12 @@ def _labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -
             labels.append(bool(fn(r["completion"], r.get("reference"))))
         return labels
     if cfg.labeler == "judge":
-        if judge_teacher is None:
-            if cfg.judge is None:
-                raise ValueError("labeler 'judge' needs a judge teacher config")
-            judge_teacher = make_teacher(cfg.judge)
-            try:
-                return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
-            finally:
-                judge_teacher.close()
-        return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
+        if judge_teacher is not None:
+            return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
+        if cfg.judge is None:
+            raise ValueError("labeler 'judge' needs a judge teacher config")
+        with make_teacher(cfg.judge) as own:
+            return LLMJudge(own, cfg.rubric).judge(rows)
     if cfg.labeler == "human":
         if not cfg.human_labels:
             raise ValueError("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")

@@ -46,10 +46,7 @@ class HFTeacher(Teacher):
             pad_token_id=self.tok.pad_token_id,
         )
         gen = out[:, enc["input_ids"].shape[1]:]
-        decoded = self.tok.batch_decode(gen, skip_special_tokens=True)
-        per = 1 if greedy else n
-        results = []
-        for i, r in enumerate(requests):
-            mine = decoded[i * per:(i + 1) * per]
-            results.append([(mine[j] if not greedy else mine[0]).strip() for j in range(len(r.sample_indices))])
-        return results
+        decoded = [t.strip() for t in self.tok.batch_decode(gen, skip_special_tokens=True)]
+        if greedy:  # one deterministic answer per prompt, repeated for each wanted index
+            return [[decoded[i]] * len(r.sample_indices) for i, r in enumerate(requests)]
+        return [decoded[i * n:i * n + len(r.sample_indices)] for i, r in enumerate(requests)]

@@ -35,6 +35,8 @@ class CompletionLogps(nn.Module):
         rows = predicts.nonzero(as_tuple=True)[0]
         h = hidden[:, :-1][predicts]
         targets = input_ids[:, 1:][predicts]
-        logits = head(h).float()
+        logits = head(h)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over the vocab in fp32, never below
+            logits = logits.float()
         token_logps = -F.cross_entropy(logits, targets, reduction="none")
         return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)

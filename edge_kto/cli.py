@@ -78,6 +78,59 @@ def cmd_data_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
+    "data": (str, "KTO JSONL (unpaired, ms-swift or paired rows)"),
+    "model": (str, "student: known name, HF folder, .gguf or hub id"),
+    "out": (str, "run folder"),
+    "beta": (float, "KTO beta"),
+    "desirable_weight": (float, "lambda_D"),
+    "undesirable_weight": (float, "lambda_U"),
+    "loss_type": (str, "kto | apo_zero_unpaired"),
+    "batch_size": (int, "global micro-batch (all processes)"),
+    "grad_accum": (int, "micro-batches per optimizer step"),
+    "epochs": (float, "passes over the data"),
+    "max_steps": (int, "optimizer steps (overrides --epochs)"),
+    "lr": (float, "peak learning rate"),
+    "warmup_ratio": (float, "fraction of steps warming up"),
+    "schedule": (str, "cosine | linear | constant"),
+    "max_grad_norm": (float, "gradient clipping (0: off)"),
+    "max_length": (int, "prompt + completion tokens"),
+    "max_prompt_length": (int, "prompt tokens"),
+    "precision": (str, "auto | fp32 | bf16"),
+    "save_steps": (int, "checkpoint every N steps"),
+    "sft_steps": (int, "SFT warm start steps on desirable rows before KTO (0: none)"),
+    "seed": (int, "seed for the batch plan and init"),
+    "cache_dir": (str, "reference log-prob cache folder"),
+}
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, run_train
+
+    over = {k: getattr(a, k) for k in _TRAIN_FLAGS if getattr(a, k) is not None}
+    cfg = TrainConfig.from_yaml(a.config, over) if a.config else TrainConfig.from_dict(over)
+    if a.lora_r is not None:
+        cfg.lora.r = a.lora_r
+    if a.lora_alpha is not None:
+        cfg.lora.alpha = a.lora_alpha
+    if a.lora_targets:
+        cfg.lora.targets = a.lora_targets if a.lora_targets == "all-linear" else a.lora_targets.split(",")
+    if a.gradient_checkpointing:
+        cfg.gradient_checkpointing = True
+    if a.no_precompute_ref:
+        cfg.precompute_ref = False
+    res = run_train(cfg, resume=a.resume, force=a.force, progress=not a.quiet)
+    if not res.main_process:
+        return 0
+    f = res.final_metrics
+    print(f"{res.run_dir}: {res.steps} steps in {res.seconds:.1f} s"
+          + (f" (resumed from step {res.resumed_from})" if res.resumed_from else "")
+          + (f"; final loss {f['loss']:.4f}, kl {f['kl']:.4f}, margin {f['rewards/margins'] or 0:.4f}" if f else ""))
+    print(f"adapter: {res.adapter_dir}" + (f"  merged model: {res.model_dir}" if res.model_dir else "")
+          + f"  metrics: {res.metrics_path}" + (f"  curves: {res.plot_path}" if res.plot_path else ""))
+    return 0
+
+
 def cmd_models_fetch(a: argparse.Namespace) -> int:
     from .models import fetch_model
 
@@ -134,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--max-new-tokens", type=int, default=128)
     lab.add_argument("--keep-duplicates", action="store_true")
     lab.set_defaults(func=cmd_label)
+
+    t = sub.add_parser("train", help="KTO + LoRA on the student -> run folder (adapter, merged model, metrics)")
+    t.add_argument("--config", help="YAML with TrainConfig fields (flags override it)")
+    for k, (typ, hlp) in _TRAIN_FLAGS.items():
+        t.add_argument("--" + k.replace("_", "-"), dest=k, type=typ, help=hlp)
+    t.add_argument("--lora-r", type=int)
+    t.add_argument("--lora-alpha", type=int)
+    t.add_argument("--lora-targets", help="all-linear, or comma-separated module names (q_proj,v_proj)")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--no-precompute-ref", action="store_true", help="run the reference forward every step instead")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    t.add_argument("--force", action="store_true", help="delete an existing run folder and start over")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="class counts, lengths, KTO Eq. 8 weight range")

@@ -46,6 +46,14 @@ def test_batch_plan_is_deterministic_covers_epochs_and_groups_lengths():
     assert total_micro_steps(40, 4, epochs=1.0, max_steps=7, grad_accum=2) == 14
 
 
+def test_length_grouping_keeps_both_classes_in_every_batch():
+    # Desirable completions short, undesirable long: sorting by length alone would split the classes.
+    ex = [Tokenized([1] * 5, [7] * (3 if i % 2 == 0 else 40 + i), i % 2 == 0, i) for i in range(64)]
+    plan = plan_batches(ex, global_batch=8, steps=16, seed=0, group_by_length=True)
+    assert all(sum(ex[i].label for i in b) == 4 for b in plan)
+    assert sorted(i for b in plan[:8] for i in b) == list(range(64))
+
+
 def test_kl_pairs_are_formed_over_the_global_batch():
     ex = _toy(6)
     rows = [5, 0, 3, 2]

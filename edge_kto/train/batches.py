@@ -17,12 +17,29 @@ import torch
 from .tokenize import Tokenized
 
 
+def _mixed_length_batches(part: list[int], examples: list[Tokenized], global_batch: int) -> list[list[int]]:
+    """Cut ``part`` into batches of similar length *within each class*, every batch holding both
+    classes in the chunk's proportion: sorting by length alone would make one-class batches
+    whenever desirable and undesirable completions differ in length (they usually do)."""
+    nb = len(part) // global_batch
+    by_len = lambda idx: sorted(idx, key=lambda i: examples[i].length)  # noqa: E731
+    good = by_len([i for i in part if examples[i].label])
+    bad = by_len([i for i in part if not examples[i].label])
+    batches, u = [], 0
+    for j in range(nb):
+        lo, hi = round(j * len(good) / nb), round((j + 1) * len(good) / nb)
+        n_bad = global_batch - (hi - lo)
+        batches.append(good[lo:hi] + bad[u:u + n_bad])
+        u += n_bad
+    return batches
+
+
 def plan_batches(examples: list[Tokenized], global_batch: int, steps: int, seed: int, group_by_length: bool) -> list[list[int]]:
     """``steps`` global micro-batches of ``global_batch`` example positions each.
 
     With ``group_by_length``, each epoch is shuffled, cut into chunks of 32 batches, each chunk
-    sorted by length and cut into batches, and the batch order shuffled again: padding shrinks
-    while batches stay random in content and order.
+    cut into batches of similar length that still mix both classes, and the batch order and
+    the rows inside each batch shuffled again: padding shrinks, batches stay random.
     """
     rng = random.Random(seed)
     plan: list[list[int]] = []
@@ -35,9 +52,10 @@ def plan_batches(examples: list[Tokenized], global_batch: int, steps: int, seed:
             chunk = global_batch * 32
             batches = []
             for s in range(0, len(order), chunk):
-                part = sorted(order[s:s + chunk], key=lambda i: examples[i].length)
-                batches += [part[j:j + global_batch] for j in range(0, len(part), global_batch)]
+                batches += _mixed_length_batches(order[s:s + chunk], examples, global_batch)
             rng.shuffle(batches)
+            for b in batches:
+                rng.shuffle(b)
         else:
             batches = [order[j:j + global_batch] for j in range(0, len(order), global_batch)]
         plan += batches
@@ -64,6 +82,7 @@ class Batch:
     kl_completion_mask: torch.Tensor
     labels: torch.Tensor  # bool
     index: torch.Tensor  # example positions (for cached reference log-probs)
+    kl_index: torch.Tensor  # the example whose completion each row's KL sequence borrows
     tokens: int  # non-pad tokens in the target sequences
 
     def to(self, device: torch.device) -> "Batch":
@@ -73,7 +92,8 @@ class Batch:
         return self
 
 
-def _pad(seqs: list[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> tuple[torch.Tensor, ...]:
+def pad_pairs(seqs: list[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded (input_ids, attention_mask, completion_mask) for (prompt ids, completion ids) pairs."""
     width = min(max_length, max(len(p) + len(c) for p, c in seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -92,9 +112,10 @@ def collate(examples: list[Tokenized], global_rows: list[int], local: slice, pad
     mine = list(range(n))[local]
     target = [(examples[global_rows[i]].prompt_ids, examples[global_rows[i]].completion_ids) for i in mine]
     kl = [(examples[global_rows[i]].prompt_ids, examples[global_rows[(i + 1) % n]].completion_ids) for i in mine]
-    ids, att, comp = _pad(target, pad_id, max_length)
-    kids, katt, kcomp = _pad(kl, pad_id, max_length)
+    ids, att, comp = pad_pairs(target, pad_id, max_length)
+    kids, katt, kcomp = pad_pairs(kl, pad_id, max_length)
     return Batch(ids, att, comp, kids, katt, kcomp,
                  labels=torch.tensor([examples[global_rows[i]].label for i in mine], dtype=torch.bool),
                  index=torch.tensor([global_rows[i] for i in mine], dtype=torch.long),
+                 kl_index=torch.tensor([global_rows[(i + 1) % n] for i in mine], dtype=torch.long),
                  tokens=int(att.sum()))

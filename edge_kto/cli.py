@@ -131,6 +131,29 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import ExportConfig, run_export
+    from .export.llamacpp import prepare_converter
+
+    if a.prepare:
+        conv = prepare_converter()
+        print(f"llama.cpp converter ready: {conv.script} (llama-cpp-python {conv.llama_cpp_version}, "
+              f"llama.cpp {conv.llama_cpp_commit}, gguf-py {conv.gguf_py_version})")
+        if not a.source:
+            return 0
+    if not a.source or not a.out:
+        raise ValueError("export needs SOURCE (a run folder or model) and --out BUNDLE")
+    cfg = ExportConfig(source=a.source, out=a.out, gguf=[t for t in a.gguf.split(",") if t], onnx=not a.no_onnx,
+                       onnx_int8_head=not a.onnx_int4_head, golden_data=a.golden_data, golden_limit=a.golden_limit,
+                       name=a.name, force=a.force, zip=a.zip, threads=a.threads)
+    res = run_export(cfg, progress=not a.quiet)
+    print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
+    for art in res.manifest["artifacts"]:
+        extra = f", {art['bits_per_weight']} bits/weight, {art['k_quant_fallbacks']} K-quant fallbacks" if "bits_per_weight" in art else ""
+        print(f"  {art['path']:<24} {art['backend']:<18} {art['quant']:<16} {art['bytes'] / 1e6:8.1f} MB{extra}")
+    return 0
+
+
 def cmd_models_fetch(a: argparse.Namespace) -> int:
     from .models import fetch_model
 
@@ -201,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="delete an existing run folder and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="run folder -> bundle (GGUF via llama.cpp, ONNX int4 via onnxruntime-genai, golden set)")
+    e.add_argument("source", nargs="?", help="training run folder (or an HF model folder / model spec)")
+    e.add_argument("--out", help="bundle folder to create")
+    e.add_argument("--gguf", default="Q4_K_M", help="comma-separated GGUF types, e.g. Q4_K_M,Q4_0,Q8_0 (F16/F32 too; '' for none)")
+    e.add_argument("--no-onnx", action="store_true", help="skip the ONNX int4 artifact")
+    e.add_argument("--onnx-int4-head", action="store_true", help="quantize the ONNX LM head to int4 too (default int8)")
+    e.add_argument("--golden-data", help="held-out prompts: task folder (eval split), prompt JSONL or KTO JSONL")
+    e.add_argument("--golden-limit", type=int, default=32)
+    e.add_argument("--name")
+    e.add_argument("--threads", type=int)
+    e.add_argument("--force", action="store_true", help="replace an existing bundle")
+    e.add_argument("--zip", action="store_true", help="also write BUNDLE.zip")
+    e.add_argument("--prepare", action="store_true", help="fetch llama.cpp's converter for the installed version (once, needs PyPI)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="class counts, lengths, KTO Eq. 8 weight range")

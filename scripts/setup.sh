@@ -27,3 +27,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$REQ_HASH" ]; then
   python -m pip install -q -e "$ROOT/runtime[llamacpp,onnx,test]" -e "$ROOT[dev,export]"
   echo "$REQ_HASH" > "$STAMP"
 fi
+# llama.cpp's GGUF converter, matched to the installed llama.cpp (from its sdist; once per machine,
+# needs PyPI; afterwards `edge-kto export` runs offline).
+edge-kto export --prepare --quiet >/dev/null

@@ -55,7 +55,7 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
     hf_dir = None
     if src.to_hf:
         hf_dir = root / "hf"
-        if not (hf_dir / "config.json").exists():
+        if not _hf_ready(hf_dir):
             from .loader import gguf_to_hf
 
             tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=root))
@@ -66,6 +66,13 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return FetchedModel(name, gguf, hf_dir)
+
+
+def _hf_ready(hf_dir: Path) -> bool:
+    """A converted folder that trains: older conversions kept a GGUF quantization_config, which
+    makes transformers' Trainer refuse the (already dequantized) model; those are redone."""
+    cfg = hf_dir / "config.json"
+    return cfg.exists() and "quantization_config" not in cfg.read_text(encoding="utf-8")
 
 
 def _verified(path: Path, src: ModelSource) -> bool:

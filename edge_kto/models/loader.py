@@ -10,6 +10,7 @@ A spec is one of:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,12 @@ def _load_gguf_dequantized(path: Path, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    config = copy.deepcopy(loaded.config)
+    # The weights are dequantized now; a leftover GGUF quantization_config would make trainers refuse them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     # Not on the meta device: non-persistent buffers (rotary inv_freq) are not in the state dict.
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=dtype)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     fresh.load_state_dict(loaded.state_dict())
     if getattr(loaded.config, "tie_word_embeddings", False):
         fresh.tie_weights()

@@ -37,7 +37,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, p in sorted(model.state_dict().items()):
         t = p.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # a view, not a copy of the weights
     return h.hexdigest()
 
 

@@ -192,10 +192,10 @@ def test_greedy_continuations_equal_across_backends(tiny_bundle, fp32_onnx, tiny
 def test_failure_mid_export_leaves_nothing_and_existing_bundle_needs_force(tmp_path, tiny_model_dir, monkeypatch):
     import edge_kto.export.recipe as recipe
 
-    def broken(*a, **k):
+    def broken(self):
         raise RuntimeError("simulated builder crash")
 
-    monkeypatch.setattr(recipe, "build_onnx", broken)
+    monkeypatch.setattr(recipe.OnnxBuild, "wait", broken)  # the builder child is killed by close()
     with pytest.raises(RuntimeError, match="simulated builder crash"):
         run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "b"), gguf=["Q8_0"]), progress=False)
     assert list(tmp_path.iterdir()) == [], "no half bundle and no temporary folder left behind"
@@ -257,3 +257,24 @@ def test_smollm2_exports_to_every_type_and_each_generates(tmp_path, smol):
         assert "Tokyo" in text, (art.path, text)
     sizes = {a.quant: a.entry["bytes"] for a in b.artifacts}
     assert sizes["Q4_0"] < sizes["Q8_0"] and sizes["Q4_K_M"] < sizes["Q8_0"]
+
+
+def test_golden_rows_equal_unbatched_fp_computation(tiny_bundle, tiny_model_dir):
+    """Batched (left-padded) greedy + top-k + summed log-probs == one prompt at a time."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rows = [json.loads(x) for x in (tiny_bundle / "golden.jsonl").read_text().splitlines()]
+    for row in rows[:3]:
+        p = row["prompt_ids"]
+        with torch.no_grad():
+            want = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=0)[0, len(p):].tolist()
+            assert row["greedy_ids"] == want[:len(row["greedy_ids"])]
+            full = torch.tensor([p + row["greedy_ids"]])
+            logp = torch.log_softmax(model(full).logits[0, len(p) - 1:-1], -1)
+            top1 = [[int(logp[i].argmax()), float(logp[i].max())] for i in range(len(row["greedy_ids"]))]
+            assert [t[0][0] for t in row["top_logprobs"]] == [t[0] for t in top1]
+            assert np.allclose([t[0][1] for t in row["top_logprobs"]], [t[1] for t in top1], atol=1e-4)
+            for c in row["completions"]:
+                lp = torch.log_softmax(model(torch.tensor([p + c["ids"]])).logits[0, len(p) - 1:-1], -1)
+                assert c["logp"] == pytest.approx(float(lp.gather(1, torch.tensor(c["ids"])[:, None]).sum()), abs=1e-3)

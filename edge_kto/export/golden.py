@@ -52,46 +52,92 @@ def chat_ids(tok: Any, messages: list[dict]) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-@torch.no_grad()
-def _summed_logp(model: Any, prompt_ids: list[int], completion_ids: list[int]) -> float:
-    ids = torch.tensor([prompt_ids + completion_ids])
-    logp = torch.log_softmax(model(ids).logits[0, len(prompt_ids) - 1:-1].float(), dim=-1)
-    return float(logp.gather(1, torch.tensor(completion_ids)[:, None]).sum())
+def _completion_ids(tok: Any, messages: list[dict], prompt_ids: list[int], text: str) -> list[int]:
+    """The assistant turn's tokens exactly as training saw them (full rendering minus the prompt)."""
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=True)
+    full = list(full["input_ids"] if hasattr(full, "keys") else full)
+    if full[:len(prompt_ids)] == prompt_ids:
+        return full[len(prompt_ids):]
+    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
-def golden_row(model: Any, tok: Any, g: GoldenPrompt, max_new_tokens: int, top_k: int) -> dict[str, Any]:
-    prompt_ids = chat_ids(tok, g.messages)
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    greedy = out[0, len(prompt_ids):].tolist()
-    # One forward over prompt + greedy: the distributions at every position the continuation was chosen from.
-    logits = model(out).logits[0, len(prompt_ids) - 1:len(prompt_ids) - 1 + len(greedy)].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    top = torch.topk(logp, k=min(top_k, logp.shape[-1]), dim=-1)
-    row: dict[str, Any] = {
-        "id": g.id, "messages": g.messages, "prompt_ids": prompt_ids, "reference": g.reference,
-        "greedy_ids": greedy, "greedy_text": tok.decode(greedy, skip_special_tokens=True),
-        "top_logprobs": [[[int(i), round(float(v), 6)] for i, v in zip(ti, tv)] for ti, tv in zip(top.indices.tolist(), top.values.tolist())],
-    }
-    if g.completions:
-        comps = []
-        for text, label in g.completions:
-            full = tok.apply_chat_template(g.messages + [{"role": "assistant", "content": text}], tokenize=True)
-            full = list(full["input_ids"] if hasattr(full, "keys") else full)
-            cids = full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else tok(text, add_special_tokens=False)["input_ids"]
-            comps.append({"text": text, "label": label, "ids": cids, "logp": round(_summed_logp(model, prompt_ids, cids), 6)})
-        row["completions"] = comps
-    return row
+def _greedy(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]) -> list[list[int]]:
+    """Batched greedy decoding (left padding); each row cut after its first EOS."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        att[i, width - len(p):] = 1
+    out = model.generate(ids, attention_mask=att, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+    rows = []
+    for r in out[:, width:].tolist():
+        cut = next((k + 1 for k, t in enumerate(r) if t in eos_ids), len(r))
+        rows.append(r[:cut])
+    return rows
+
+
+@torch.no_grad()
+def _top_logprobs(model: Any, prompts: list[list[int]], greedy: list[list[int]], k: int) -> list[list[list[list[float]]]]:
+    """fp top-k log-probs at each position a greedy token was chosen; the LM head only runs there."""
+    from ..train.logps import causal_lm_parts
+
+    backbone, head = causal_lm_parts(model)
+    width = max(len(p) + len(g) for p, g in zip(prompts, greedy))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, (p, g) in enumerate(zip(prompts, greedy)):
+        ids[i, :len(p) + len(g)] = torch.tensor(p + g)
+        att[i, :len(p) + len(g)] = 1
+    hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+    out = []
+    for i, (p, g) in enumerate(zip(prompts, greedy)):
+        logp = torch.log_softmax(head(hidden[i, len(p) - 1:len(p) - 1 + len(g)]).float(), dim=-1)
+        top = torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
+        out.append([[[int(t), round(float(v), 6)] for t, v in zip(ti, tv)] for ti, tv in zip(top.indices.tolist(), top.values.tolist())])
+    return out
+
+
+@torch.no_grad()
+def _summed_logps(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
+    from ..train.batches import pad_pairs
+    from ..train.logps import CompletionLogps
+
+    if not pairs:
+        return []
+    return CompletionLogps(model)(*pad_pairs(pairs, pad_id, max_length=10**9)).tolist()
 
 
 def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_tokens: int = 64, top_k: int = 16,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 progress: bool = True, batch_size: int = 16) -> list[dict[str, Any]]:
+    """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch)."""
     from tqdm.auto import tqdm
 
     model.eval()
-    return [golden_row(model, tok, g, max_new_tokens, top_k) for g in tqdm(prompts, desc="golden set", disable=not progress)]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s:s + batch_size]
+        pids = [chat_ids(tok, g.messages) for g in chunk]
+        greedy = _greedy(model, pids, max_new_tokens, pad_id, eos_ids)
+        tops = _top_logprobs(model, pids, greedy, top_k)
+        comps = [[(text, label, _completion_ids(tok, g.messages, p, text)) for text, label in (g.completions or [])]
+                 for g, p in zip(chunk, pids)]
+        logps = iter(_summed_logps(model, [(p, c[2]) for p, cs in zip(pids, comps) for c in cs], pad_id))
+        for g, p, gr, top, cs in zip(chunk, pids, greedy, tops, comps):
+            row: dict[str, Any] = {"id": g.id, "messages": g.messages, "prompt_ids": p, "reference": g.reference,
+                                   "greedy_ids": gr, "greedy_text": tok.decode(gr, skip_special_tokens=True),
+                                   "top_logprobs": top}
+            if cs:
+                row["completions"] = [{"text": t, "label": lab, "ids": ids, "logp": round(next(logps), 6)} for t, lab, ids in cs]
+            rows.append(row)
+        bar.update(len(chunk))
+    bar.close()
+    return rows
 
 
 def kto_examples_to_golden(rows: list[KTOExample]) -> list[GoldenPrompt]:

@@ -22,20 +22,44 @@ def onnx_quant_label(int8_head: bool, block_size: int = 32) -> str:
     return f"int4-b{block_size}" + ("-int8head" if int8_head else "")
 
 
+class OnnxBuild:
+    """The builder running in a child process, so export can convert and quantize GGUF (and build
+    the golden set) meanwhile; ``wait`` returns its wall time or raises with its log."""
+
+    def __init__(self, hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32):
+        extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
+        if precision == "int4" and int8_head:
+            extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather", "matmul_mixed_precision=last_matmul:int8"]
+        self.hf_dir, self.out_dir = hf_dir, out_dir
+        self._tmp = tempfile.TemporaryDirectory(prefix="ortgenai-")
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
+               "-p", precision, "-e", "cpu", "-c", self._tmp.name] + (["--extra_options", *extra] if extra else [])
+        self._log = open(Path(self._tmp.name) / "builder.log", "w+")
+        self._t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def wait(self) -> float:
+        try:
+            rc = self.proc.wait()
+            dt = time.perf_counter() - self._t0
+            if rc or not (self.out_dir / "genai_config.json").is_file():
+                self._log.seek(0)
+                raise RuntimeError(f"onnxruntime-genai builder failed on {self.hf_dir}:\n{self._log.read()[-3000:]}")
+            return dt
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        self._tmp.cleanup()
+
+
 def build_onnx(hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32) -> float:
     """Run ``python -m onnxruntime_genai.models.builder``; returns its wall time in seconds.
 
     ``precision="fp32"`` builds the unquantized graph (the parity tests compare it with transformers).
     """
-    extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
-    if precision == "int4" and int8_head:
-        extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather", "matmul_mixed_precision=last_matmul:int8"]
-    with tempfile.TemporaryDirectory(prefix="ortgenai-cache-") as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
-               "-p", precision, "-e", "cpu", "-c", cache] + (["--extra_options", *extra] if extra else [])
-        t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        dt = time.perf_counter() - t
-    if p.returncode or not (out_dir / "genai_config.json").is_file():
-        raise RuntimeError(f"onnxruntime-genai builder failed on {hf_dir}:\n{(p.stderr or p.stdout)[-3000:]}")
-    return dt
+    return OnnxBuild(hf_dir, out_dir, precision, int8_head, block_size).wait()

@@ -29,7 +29,7 @@ from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bun
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from .golden import build_golden, read_golden_prompts
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, quantize_gguf
-from .onnx import build_onnx, onnx_quant_label
+from .onnx import OnnxBuild, onnx_quant_label
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,47 @@ def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     return ExportResult(out, zpath, manifest, timings, timings["total_s"])
 
 
+def _build_gguf(hf_dir: Path, types: list[str], tmp: Path, work: Path, threads: int | None, timings: dict[str, Any],
+                artifacts: list[dict[str, Any]]) -> Any:
+    """llama.cpp's converter writes f16 (f32 when only F32 is asked), then one quantize per type."""
+    conv = find_converter()
+    base_type = "F32" if types == ["F32"] else "F16"
+    base = work / f"model-{base_type.lower()}.gguf"
+    timings["convert_s"] = convert_hf_to_gguf(hf_dir, base, base_type.lower(), conv)
+    for q in types:
+        dest = tmp / f"model-{q.lower()}.gguf"
+        if q == base_type:
+            shutil.copyfile(base, dest)
+        elif q in ("F16", "F32"):
+            timings["convert_s"] += convert_hf_to_gguf(hf_dir, dest, q.lower(), conv)
+        else:
+            timings["quantize_s"][q] = quantize_gguf(base, dest, q, threads)
+        st = gguf_stats(dest, q)
+        artifacts.append({"path": dest.name, "backend": "llama.cpp", "quant": q, **file_entry(dest),
+                          "bits_per_weight": st.bits_per_weight, "tensor_types": st.tensor_types,
+                          "k_quant_fallbacks": st.fallbacks})
+    return conv
+
+
+def _build_golden(cfg: ExportConfig, hf_dir: Path, tok: Any, default_golden: str | None, tmp: Path,
+                  timings: dict[str, Any], progress: bool) -> dict[str, Any] | None:
+    src = cfg.golden_data or default_golden
+    if not src:
+        log.warning("no held-out data for the golden set (--golden-data); the alignment check will need one")
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    rows = build_golden(model, tok, read_golden_prompts(src, limit=cfg.golden_limit), cfg.golden_max_new_tokens,
+                        cfg.golden_top_k, progress)
+    write_jsonl_atomic(tmp / "golden.jsonl", rows)
+    timings["golden_s"] = time.perf_counter() - t
+    return {"path": "golden.jsonl", **file_entry(tmp / "golden.jsonl"), "rows": len(rows), "source": str(src),
+            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens}
+
+
 def _build(cfg: ExportConfig, types: list[str], tmp: Path, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -166,49 +207,21 @@ def _build(cfg: ExportConfig, types: list[str], tmp: Path, progress: bool) -> tu
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     artifacts: list[dict[str, Any]] = []
 
-    conv = None
-    if types:
-        conv = find_converter()
-        base_type = "F32" if types == ["F32"] else "F16"
-        base = work / f"model-{base_type.lower()}.gguf"
-        timings["convert_s"] = convert_hf_to_gguf(hf_dir, base, base_type.lower(), conv)
-        for q in types:
-            dest = tmp / f"model-{q.lower()}.gguf"
-            if q == base_type:
-                shutil.copyfile(base, dest)
-            elif q in ("F16", "F32"):
-                timings["convert_s"] += convert_hf_to_gguf(hf_dir, dest, q.lower(), conv)
-            else:
-                timings["quantize_s"][q] = quantize_gguf(base, dest, q, cfg.threads)
-            st = gguf_stats(dest, q)
-            artifacts.append({"path": dest.name, "backend": "llama.cpp", "quant": q, **file_entry(dest),
-                              "bits_per_weight": st.bits_per_weight, "tensor_types": st.tensor_types,
-                              "k_quant_fallbacks": st.fallbacks})
-    if cfg.onnx:
-        label = onnx_quant_label(cfg.onnx_int8_head)
-        onnx_dir = tmp / "onnx-int4"
-        timings["onnx_s"] = build_onnx(hf_dir, onnx_dir, "int4", cfg.onnx_int8_head)
-        files = {p.relative_to(onnx_dir).as_posix(): file_entry(p) for p in sorted(onnx_dir.rglob("*")) if p.is_file()}
-        artifacts.append({"path": "onnx-int4/", "backend": "onnxruntime-genai", "quant": label, "files": files,
-                          "bytes": sum(e["bytes"] for e in files.values())})
-
-    golden_src = cfg.golden_data or default_golden
-    golden = None
-    if golden_src:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        t = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-        rows = build_golden(model, tok, read_golden_prompts(golden_src, limit=cfg.golden_limit),
-                            cfg.golden_max_new_tokens, cfg.golden_top_k, progress)
-        write_jsonl_atomic(tmp / "golden.jsonl", rows)
-        golden = {"path": "golden.jsonl", **file_entry(tmp / "golden.jsonl"), "rows": len(rows), "source": str(golden_src),
-                  "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens}
-        timings["golden_s"] = time.perf_counter() - t
-    else:
-        log.warning("no held-out data for the golden set (--golden-data); the alignment check will need one")
-
+    # The ONNX builder runs in a child process while GGUF is converted and quantized here (both
+    # mostly single-threaded); the golden set (multi-threaded torch) waits for the builder.
+    onnx_build = OnnxBuild(hf_dir, tmp / "onnx-int4", "int4", cfg.onnx_int8_head) if cfg.onnx else None
+    try:
+        conv = _build_gguf(hf_dir, types, tmp, work, cfg.threads, timings, artifacts) if types else None
+        if onnx_build is not None:
+            timings["onnx_s"] = onnx_build.wait()
+            onnx_dir = tmp / "onnx-int4"
+            files = {p.relative_to(onnx_dir).as_posix(): file_entry(p) for p in sorted(onnx_dir.rglob("*")) if p.is_file()}
+            artifacts.append({"path": "onnx-int4/", "backend": "onnxruntime-genai", "quant": onnx_quant_label(cfg.onnx_int8_head),
+                              "files": files, "bytes": sum(e["bytes"] for e in files.values())})
+    finally:
+        if onnx_build is not None:
+            onnx_build.close()
+    golden = _build_golden(cfg, hf_dir, tok, default_golden, tmp, timings, progress)
     shutil.rmtree(work)
     manifest: dict[str, Any] = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION,

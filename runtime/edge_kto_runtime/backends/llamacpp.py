@@ -1,0 +1,74 @@
+"""llama.cpp through llama-cpp-python: the high-level ``Llama`` for loading and sampling, its
+low-level batch API for scoring (logits only at the positions asked for, never a
+context x vocab matrix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import BackendMissing
+
+try:
+    import llama_cpp
+except ImportError as e:  # pragma: no cover - exercised in the runtime-only CI venv
+    raise BackendMissing("the llama.cpp backend needs llama-cpp-python: pip install 'edge-kto-runtime[llamacpp]'") from e
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, use_mmap: bool = True, seed: int = 0):
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                                   use_mmap=use_mmap, seed=seed, verbose=False)
+        self.n_ctx = self.llm.n_ctx()
+        self.n_vocab = self.llm.n_vocab()
+
+    def tokenize(self, text: str) -> list[int]:
+        """Special tokens in ``text`` (the chat template's markers) are parsed; no BOS is added."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def detokenize(self, ids: list[int]) -> bytes:
+        return self.llm.detokenize(ids, special=False)
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                     seed: int | None = None) -> Iterator[int]:
+        """Sampled (or greedy at temperature 0) ids; the KV cache of a prompt prefix shared with the
+        previous call is reused (llama-cpp-python's prefix match)."""
+        if seed is not None:
+            self.llm.set_seed(seed)
+        greedy = temperature <= 0
+        gen = self.llm.generate(ids, temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                                top_k=1 if greedy else top_k, min_p=0.0, repeat_penalty=1.0, reset=True)
+        for n, tok in enumerate(gen):
+            if n >= max_new_tokens:
+                break
+            yield tok
+            if self.llm.n_tokens >= self.n_ctx:
+                break
+
+    def logits(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """Raw logits predicting the token after each position in ``positions`` (0-based into ``ids``)."""
+        llm, want = self.llm, sorted(set(positions))
+        flagged = set(want)
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        rows: dict[int, np.ndarray] = {}
+        nb = llm.n_batch
+        for start in range(0, len(ids), nb):
+            chunk = ids[start:start + nb]
+            llm._batch.set_batch(chunk, n_past=start, logits_all=False)
+            for j in range(len(chunk)):
+                llm._batch.batch.logits[j] = (start + j) in flagged
+            llm._ctx.decode(llm._batch)
+            for j in range(len(chunk)):
+                if start + j in flagged:
+                    rows[start + j] = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(self.n_vocab,)).copy()
+        llm.n_tokens = 0  # the KV now holds a scoring pass; the next generate re-evaluates its prompt
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        return np.stack([rows[p] for p in positions])
+
+    def close(self) -> None:
+        self.llm.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..models import resolve_spec
 from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
-from .chat_template import render_chat
+from edge_kto_runtime.chat import render_chat
 
 
 class LlamaCppTeacher(Teacher):

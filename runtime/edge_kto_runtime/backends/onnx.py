@@ -19,8 +19,11 @@ class OnnxGenaiBackend:
     name = "onnxruntime-genai"
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int):
+        import json
+
         cfg = og.Config(str(path))
         cfg.clear_providers()  # CPU
+        cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": n_threads}}}}))
         self.model = og.Model(cfg)
         self.tokenizer = og.Tokenizer(self.model)
         self.n_ctx = n_ctx

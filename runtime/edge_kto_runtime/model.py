@@ -1,0 +1,234 @@
+"""``load(bundle)`` -> ``EdgeModel``: verified loading, chat, streaming, scoring — the same on both backends.
+
+Text is produced by decoding the whole continuation so far and emitting only what is new,
+holding back a trailing incomplete UTF-8 sequence (U+FFFD) and any text that could still turn
+into a stop string, so a stream never shows half a character or part of a stop marker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import numpy as np
+
+from .backends import Backend, BackendMissing, log_softmax, physical_cores
+from .bundle import Artifact, Bundle, BundleError, open_bundle
+from .chat import render_chat
+
+Messages = list[dict[str, str]]
+Prompt = Union[str, Messages]
+
+
+class ContextOverflow(ValueError):
+    pass
+
+
+@dataclass
+class Completion:
+    """One finished generation, with the timings the server and the latency harness report."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" | "length"
+    ttft_s: float
+    total_s: float
+    token_times: list[float] = field(default_factory=list)  # seconds since start, one per emitted token
+
+
+@dataclass
+class StreamEvent:
+    text: str
+    token_id: int | None
+    t: float  # seconds since the request started
+
+
+def _open_backend(art: Artifact, path: Path, n_ctx: int, n_threads: int) -> Backend:
+    if art.backend == "llama.cpp":
+        from .backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(path, n_ctx, n_threads)
+    from .backends.onnx import OnnxGenaiBackend
+
+    return OnnxGenaiBackend(path, n_ctx, n_threads)
+
+
+def _pick_artifact(b: Bundle, backend: str, artifact: str | None) -> Artifact:
+    if artifact:
+        return b.artifact(artifact)
+    wanted = {"auto": ("llama.cpp", "onnxruntime-genai"), "llama.cpp": ("llama.cpp",), "gguf": ("llama.cpp",),
+              "onnx": ("onnxruntime-genai",), "onnxruntime-genai": ("onnxruntime-genai",)}.get(backend)
+    if wanted is None:
+        raise ValueError(f"backend must be auto, llama.cpp or onnx, got {backend!r}")
+    missing = []
+    for name in wanted:
+        for a in b.artifacts:
+            if a.backend != name:
+                continue
+            try:
+                __import__("llama_cpp" if name == "llama.cpp" else "onnxruntime_genai")
+            except ImportError:
+                missing.append(name)
+                break
+            return a
+    extra = {"llama.cpp": "llamacpp", "onnxruntime-genai": "onnx"}
+    if missing:
+        raise BackendMissing(f"{b.root}: the {missing[0]} backend is not installed: pip install "
+                             f"'edge-kto-runtime[{extra[missing[0]]}]'")
+    raise BundleError(f"{b.root}: no {backend} artifact; have {[a.path for a in b.artifacts]}")
+
+
+def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None, n_threads: int | None = None,
+         n_ctx: int | None = None, verify: bool = True) -> "EdgeModel":
+    """Open a bundle folder or zip, verify it (every file's size and sha256, streamed), load one artifact.
+
+    ``verify=False`` skips hashing (the manifest schema is still checked) — for a bundle just verified.
+    """
+    t0 = time.perf_counter()
+    b = open_bundle(bundle, verify=False)
+    art = _pick_artifact(b, backend, artifact)
+    if verify:
+        b = open_bundle(b.root, verify=True)
+    t1 = time.perf_counter()
+    n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", 2048))
+    n_threads = n_threads or physical_cores()
+    be = _open_backend(art, b.file(art.path.rstrip("/")), n_ctx, n_threads)
+    return EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
+
+
+class EdgeModel:
+    def __init__(self, bundle: Bundle, artifact: Artifact, backend: Backend, verify_s: float, load_s: float, n_threads: int):
+        self.bundle, self.artifact, self.backend = bundle, artifact, backend
+        self.verify_s, self.load_s, self.n_threads = verify_s, load_s, n_threads
+        tok = bundle.manifest["tokenizer"]
+        self.chat_template: str = tok["chat_template"]
+        self.bos, self.eos_tokens = tok.get("bos"), tok.get("eos") or []
+        self.eos_ids = set(tok.get("eos_ids") or [])
+        self.stop_strings: list[str] = [s for s in tok.get("stop") or [] if s]
+        self.defaults = bundle.manifest.get("generation", {})
+
+    # ------------------------------------------------------------ prompts -> ids
+
+    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        return render_chat(self.chat_template, messages, add_generation_prompt,
+                           bos_token=self.bos, eos_token=self.eos_tokens[0] if self.eos_tokens else None)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Chat messages go through the bundle's template; a string is used as raw text."""
+        text = self.render(prompt) if isinstance(prompt, list) else prompt
+        return self.backend.tokenize(text)
+
+    def _completion_ids(self, messages: Messages, prompt_ids: list[int], completion: str) -> list[int]:
+        full = self.backend.tokenize(self.render(messages + [{"role": "assistant", "content": completion}], False))
+        return full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else self.backend.tokenize(completion)
+
+    # ------------------------------------------------------------ generation
+
+    def stream_events(self, prompt: Prompt | list[int], max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
+                      ignore_eos: bool = False, truncate: bool = False) -> Iterator[StreamEvent]:
+        """Token by token: text pieces that are complete characters, never a stop string's prefix."""
+        ids = list(prompt) if prompt and isinstance(prompt, list) and isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        max_new = int(max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", 256))
+        temp = float(temperature if temperature is not None else self.defaults.get("temperature", 0.0))
+        room = self.backend.n_ctx - len(ids)
+        if room < 1:
+            if not truncate:
+                raise ContextOverflow(f"prompt is {len(ids)} tokens; the context holds {self.backend.n_ctx} "
+                                      f"(load with a larger n_ctx, shorten the prompt, or pass truncate=True)")
+            ids = ids[-(self.backend.n_ctx - min(max_new, self.backend.n_ctx // 2)):]
+            room = self.backend.n_ctx - len(ids)
+        stops = [s for s in (stop or []) + self.stop_strings if s]
+        t0 = time.perf_counter()
+        out: list[int] = []
+        emitted = ""
+        for tok in self.backend.generate_ids(ids, min(max_new, room), temp, top_p, top_k, seed):
+            if tok in self.eos_ids and not ignore_eos:
+                break
+            out.append(tok)
+            text = self.backend.detokenize(out).decode("utf-8", errors="replace")
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                if cut > len(emitted):
+                    yield StreamEvent(text[len(emitted):cut], tok, time.perf_counter() - t0)
+                return
+            safe = len(text.rstrip("\ufffd"))
+            for s in stops:  # hold back a tail that may still become a stop string
+                for k in range(min(len(s) - 1, safe), 0, -1):
+                    if text[:safe].endswith(s[:k]):
+                        safe -= k
+                        break
+            piece = text[len(emitted):safe] if safe > len(emitted) else ""
+            emitted += piece
+            yield StreamEvent(piece, tok, time.perf_counter() - t0)
+        text = self.backend.detokenize(out).decode("utf-8", errors="replace") if out else ""
+        if len(text) > len(emitted):
+            yield StreamEvent(text[len(emitted):], None, time.perf_counter() - t0)
+
+    def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:
+        rid = kw.pop("request_id", None) or uuid.uuid4().hex
+        ids = list(prompt) if prompt and isinstance(prompt, list) and isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        text, toks, times = [], [], []
+        max_new = kw.get("max_new_tokens") or self.defaults.get("max_new_tokens", 256)
+        for ev in self.stream_events(ids, **kw):
+            text.append(ev.text)
+            if ev.token_id is not None:
+                toks.append(ev.token_id)
+                times.append(ev.t)
+        total = time.perf_counter() - t0
+        reason = "length" if len(toks) >= max_new else "stop"
+        return Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
+
+    def generate(self, prompt: Prompt, **kw: Any) -> str:
+        return self.complete(prompt, **kw).text
+
+    def chat(self, messages: Messages, **kw: Any) -> str:
+        return self.complete(messages, **kw).text
+
+    def stream(self, prompt: Prompt, **kw: Any) -> Iterator[str]:
+        for ev in self.stream_events(prompt, **kw):
+            if ev.text:
+                yield ev.text
+
+    # ------------------------------------------------------------ scoring
+
+    def logprobs(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """log-softmax rows predicting the token after each of ``positions``."""
+        return log_softmax(self.backend.logits(ids, positions))
+
+    def score(self, prompt: Prompt, completion: str | list[int]) -> float:
+        """Summed log-prob of ``completion`` after ``prompt`` (chat-templated when ``prompt`` is messages)."""
+        p_ids = self.encode(prompt)
+        if isinstance(completion, list):
+            c_ids = completion
+        elif isinstance(prompt, list):
+            c_ids = self._completion_ids(prompt, p_ids, completion)
+        else:
+            c_ids = self.backend.tokenize(completion)
+        return self.score_ids(p_ids, c_ids)
+
+    def score_ids(self, prompt_ids: list[int], completion_ids: list[int]) -> float:
+        ids = prompt_ids + completion_ids
+        pos = list(range(len(prompt_ids) - 1, len(ids) - 1))
+        lp = self.logprobs(ids, pos)
+        return float(lp[np.arange(len(pos)), completion_ids].sum())
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "EdgeModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle.root), "artifact": self.artifact.path, "backend": self.backend.name,
+                "quant": self.artifact.quant, "n_ctx": self.backend.n_ctx, "n_threads": self.n_threads,
+                "verify_s": round(self.verify_s, 4), "load_s": round(self.load_s, 4)}

@@ -143,15 +143,41 @@ def cmd_export(a: argparse.Namespace) -> int:
             return 0
     if not a.source or not a.out:
         raise ValueError("export needs SOURCE (a run folder or model) and --out BUNDLE")
+    from .check import load_thresholds
+
     cfg = ExportConfig(source=a.source, out=a.out, gguf=[t for t in a.gguf.split(",") if t], onnx=not a.no_onnx,
                        onnx_int8_head=not a.onnx_int4_head, golden_data=a.golden_data, golden_limit=a.golden_limit,
+                       golden_verifier=a.verifier, check=not a.no_check, thresholds=load_thresholds(a.thresholds),
                        name=a.name, force=a.force, zip=a.zip, threads=a.threads)
     res = run_export(cfg, progress=not a.quiet)
     print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
     for art in res.manifest["artifacts"]:
         extra = f", {art['bits_per_weight']} bits/weight, {art['k_quant_fallbacks']} K-quant fallbacks" if "bits_per_weight" in art else ""
         print(f"  {art['path']:<24} {art['backend']:<18} {art['quant']:<16} {art['bytes'] / 1e6:8.1f} MB{extra}")
+    if res.alignment is not None:
+        return _print_alignment(res.alignment)
     return 0
+
+
+def _print_alignment(res) -> int:
+    from edge_kto_runtime.check import markdown_table
+
+    print("\nalignment check (fp reference vs each artifact):")
+    print(markdown_table(res.results))
+    for r in res.results:
+        if not r["passed"]:
+            print(f"FAILED {r['artifact']}: {'; '.join(r['failures'])}", file=sys.stderr)
+    if res.report_path:
+        print(f"report: {res.report_path}; results in manifest.json (alignment)")
+    return 0 if res.passed else 3
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .check import CheckConfig, load_thresholds, run_check
+
+    res = run_check(CheckConfig(bundle=a.bundle, reference=a.reference, thresholds=load_thresholds(a.thresholds),
+                                artifacts=a.artifact or None, verifier=a.verifier, threads=a.threads), progress=not a.quiet)
+    return _print_alignment(res)
 
 
 def cmd_models_fetch(a: argparse.Namespace) -> int:
@@ -233,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--onnx-int4-head", action="store_true", help="quantize the ONNX LM head to int4 too (default int8)")
     e.add_argument("--golden-data", help="held-out prompts: task folder (eval split), prompt JSONL or KTO JSONL")
     e.add_argument("--golden-limit", type=int, default=32)
+    e.add_argument("--verifier", help="task verifier for the check's task accuracy (default: the task folder's)")
+    e.add_argument("--no-check", action="store_true", help="skip the alignment gate")
+    e.add_argument("--thresholds", help="YAML with gate thresholds (kld_mean_max, top1_min, pref_agree_min, task_retention_min)")
     e.add_argument("--name")
     e.add_argument("--threads", type=int)
     e.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -240,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prepare", action="store_true", help="fetch llama.cpp's converter for the installed version (once, needs PyPI)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("check", help="alignment gate: fp reference vs every artifact of a bundle (exit 3 on failure)")
+    c.add_argument("bundle")
+    c.add_argument("--reference", help="training run folder or HF model folder (default: the run named in the manifest)")
+    c.add_argument("--thresholds", help="YAML with gate thresholds")
+    c.add_argument("--artifact", action="append", help="check only this artifact (repeatable)")
+    c.add_argument("--verifier")
+    c.add_argument("--threads", type=int)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_check)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="class counts, lengths, KTO Eq. 8 weight range")

@@ -26,6 +26,7 @@ from typing import Any
 
 from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle, zip_bundle
 
+from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from .golden import build_golden, read_golden_prompts
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, quantize_gguf
@@ -45,6 +46,9 @@ class ExportConfig:
     golden_limit: int = 32
     golden_max_new_tokens: int = 64
     golden_top_k: int = 16
+    golden_verifier: str | None = None  # task accuracy in the check; default: the task folder's verifier
+    check: bool = True  # run the alignment gate on the finished bundle (needs a golden set)
+    thresholds: dict[str, float] = field(default_factory=dict)
     max_new_tokens: int = 256  # generation defaults written into the manifest
     n_ctx: int = 2048
     name: str | None = None
@@ -60,6 +64,7 @@ class ExportResult:
     manifest: dict[str, Any]
     timings: dict[str, Any]
     seconds: float
+    alignment: Any = None  # CheckResult when the gate ran
 
 
 def _resolve_source(cfg: ExportConfig, work: Path) -> tuple[Path, dict[str, Any], str | None]:
@@ -84,6 +89,21 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> tuple[Path, dict[str, Any]
 
         return gguf_to_hf(loc, work / "hf"), {"method": "none", "base_model": cfg.source}, None
     raise ValueError(f"{cfg.source}: export needs a local run folder or model (hub ids: download first)")
+
+
+def hf_source_for_check(cfg: ExportConfig, bundle: Path) -> str:
+    """The fp model the artifacts were made from: the run's merged model or the source folder."""
+    src = Path(cfg.source)
+    if (src / "model" / "config.json").is_file():
+        return str(src / "model")
+    if (src / "config.json").is_file() and not (src / "adapter").is_dir():
+        return str(src)
+    from ..models.loader import resolve_spec
+
+    kind, loc = resolve_spec(cfg.source)
+    if kind == "hf_dir":
+        return str(loc)
+    raise ValueError(f"{cfg.source}: no fp model folder to check against; run `edge-kto check {bundle} --reference ...`")
 
 
 def _merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
@@ -151,9 +171,23 @@ def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    alignment = None
+    if cfg.check and "golden" in manifest:
+        from ..check import CheckConfig, run_check
+
+        t = time.perf_counter()
+        try:
+            reference = hf_source_for_check(cfg, out)
+        except ValueError as e:
+            log.warning("alignment check skipped: %s", e)
+        else:
+            alignment = run_check(CheckConfig(bundle=str(out), reference=reference, thresholds=cfg.thresholds,
+                                              threads=cfg.threads), progress=progress)
+            manifest = json.loads((out / "manifest.json").read_text())
+            timings["check_s"] = time.perf_counter() - t
     zpath = zip_bundle(out, out.with_suffix(".zip")) if cfg.zip else None
     timings["total_s"] = time.perf_counter() - t0
-    return ExportResult(out, zpath, manifest, timings, timings["total_s"])
+    return ExportResult(out, zpath, manifest, timings, timings["total_s"], alignment)
 
 
 def _build_gguf(hf_dir: Path, types: list[str], tmp: Path, work: Path, threads: int | None, timings: dict[str, Any],
@@ -193,8 +227,9 @@ def _build_golden(cfg: ExportConfig, hf_dir: Path, tok: Any, default_golden: str
                         cfg.golden_top_k, progress)
     write_jsonl_atomic(tmp / "golden.jsonl", rows)
     timings["golden_s"] = time.perf_counter() - t
+    verifier = cfg.golden_verifier or (read_task(src).verifier if Path(src).is_dir() else None)
     return {"path": "golden.jsonl", **file_entry(tmp / "golden.jsonl"), "rows": len(rows), "source": str(src),
-            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens}
+            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens, "verifier": verifier}
 
 
 def _build(cfg: ExportConfig, types: list[str], tmp: Path, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:

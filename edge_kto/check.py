@@ -1,0 +1,130 @@
+"""Stage 5: the alignment gate, server side — fp reference (transformers) vs every artifact of a bundle.
+
+The metrics are the runtime's (:mod:`edge_kto_runtime.check`), so a device re-running the check
+computes the same quantities; here the fp side comes from the full reference model, so the KL
+is exact rather than the device's top-k bound. Results go into ``manifest.json`` (``alignment``)
+and ``alignment.md``; any failing artifact makes the check fail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_kto_runtime import load, open_bundle
+from edge_kto_runtime.check import Thresholds, check_artifact, markdown_table, read_golden
+from edge_kto_runtime.verifiers import get_verifier
+
+from .jsonl import write_atomic, write_json_atomic
+
+
+@dataclass
+class CheckConfig:
+    bundle: str
+    reference: str | None = None  # run folder or HF model folder; default: the run recorded in the manifest
+    thresholds: dict[str, float] = field(default_factory=dict)
+    artifacts: list[str] | None = None  # default: all
+    verifier: str | None = None  # default: the golden set's task verifier
+    threads: int | None = None
+    write: bool = True  # update manifest.json and write alignment.md
+
+
+@dataclass
+class CheckResult:
+    results: list[dict[str, Any]]
+    passed: bool
+    report_path: Path | None
+    seconds: float
+
+
+def _reference_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path:
+    ref = cfg.reference or (manifest.get("training") or {}).get("run") or manifest.get("base_model")
+    if not ref:
+        raise ValueError(f"{cfg.bundle}: no --reference given and the manifest names no training run")
+    p = Path(ref)
+    if (p / "model" / "config.json").is_file():
+        return p / "model"
+    if (p / "config.json").is_file():
+        return p
+    from .models.loader import resolve_spec
+
+    kind, loc = resolve_spec(ref)
+    if kind != "hf_dir":
+        raise ValueError(f"{ref}: the reference must be a run folder or a transformers model folder")
+    return Path(loc)
+
+
+def fp_logprobs_fn(model_dir: Path):
+    """(ids, positions) -> full fp32 log-prob rows, the LM head applied only at ``positions``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .train.logps import causal_lm_parts
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    backbone, head = causal_lm_parts(model)
+
+    cache: dict[tuple, np.ndarray] = {}  # the same golden rows are scored for every artifact
+
+    @torch.no_grad()
+    def fn(ids: list[int], positions: list[int]) -> np.ndarray:
+        key = (tuple(ids), tuple(positions))
+        if key not in cache:
+            hidden = backbone(input_ids=torch.tensor([ids]), use_cache=False).last_hidden_state[0]
+            cache[key] = torch.log_softmax(head(hidden[positions]).double(), dim=-1).numpy()
+        return cache[key]
+
+    return fn
+
+
+def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    b = open_bundle(cfg.bundle, verify=True)
+    m = b.manifest
+    if "golden" not in m:
+        raise ValueError(f"{b.root}: the bundle has no golden set; export it with --golden-data")
+    golden = read_golden(b.file(m["golden"]["path"]))
+    spec = cfg.verifier or m["golden"].get("verifier")
+    verifier = get_verifier(spec) if spec else None
+    fp = fp_logprobs_fn(_reference_dir(cfg, m))
+    th = Thresholds.from_dict(cfg.thresholds)
+    results = []
+    arts = [a for a in b.artifacts if not cfg.artifacts or a.path in cfg.artifacts or a.path.rstrip("/") in cfg.artifacts]
+    for art in tqdm(arts, desc="alignment check", unit="artifact", disable=not progress):
+        with load(b.root, artifact=art.path, n_threads=cfg.threads, verify=False) as model:
+            results.append(check_artifact(model, golden, verifier, fp, th))
+    passed = all(r["passed"] for r in results)
+    report = None
+    if cfg.write:
+        report = b.root / "alignment.md"
+        write_atomic(report, f"# Alignment check: {m.get('name')}\n\nfp reference vs each artifact on {len(golden)} "
+                             f"golden prompts (KL exact, from the full fp distribution).\n\n" + markdown_table(results))
+        m["alignment"] = {"reference": "fp32 (transformers)", "golden_rows": len(golden), "verifier": spec,
+                          "thresholds": th.__dict__, "passed": passed,
+                          "per_artifact": {r["artifact"]: {k: v for k, v in r.items() if k not in ("thresholds",)} for r in results}}
+        write_json_atomic(b.root / "manifest.json", m)
+    return CheckResult(results, passed, report, time.perf_counter() - t0)
+
+
+def load_thresholds(path: str | None) -> dict[str, float]:
+    if not path:
+        return {}
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    d = d.get("thresholds", d.get("check", d))
+    known = set(Thresholds.__dataclass_fields__)
+    if set(d) - known:
+        raise ValueError(f"{path}: unknown threshold(s) {sorted(set(d) - known)}; known: {sorted(known)}")
+    return {k: float(v) for k, v in d.items()}
+
+
+def results_json(results: list[dict[str, Any]]) -> str:
+    return json.dumps(results, indent=2)

@@ -1,0 +1,167 @@
+"""The alignment check: does a quantized artifact still behave like the fp student?
+
+Everything is measured on the golden set's token ids (never on chat strings), teacher-forced on
+the fp model's greedy continuation:
+
+- **KL divergence** per position, ``KL(P_fp || Q_art) = sum_v P(v) (log P(v) - log Q(v))`` in nats:
+  the definition of llama.cpp's ``llama-perplexity --kl-divergence`` (base = the fp logits).
+  The server has the full fp distribution. A device only has the fp top-k stored in
+  ``golden.jsonl``; it uses the distributions coarsened to k+1 bins (the k fp-top tokens and
+  "everything else"), ``sum_topk P (log P - log Q) + P_rest (log P_rest - log Q_rest)``, which is a
+  lower bound of the full KL (data-processing inequality) and converges to it as k grows.
+- **top-1 agreement**: the artifact's argmax equals the fp argmax.
+- **preference agreement**: for each desirable/undesirable completion pair of a prompt, the
+  artifact orders their summed log-probs as the fp model does; plus how much of the margin is kept.
+- **greedy exact match**: the artifact's greedy ids equal the fp greedy ids.
+- **task accuracy**: the task verifier on greedy outputs, fp (stored) vs artifact, and retention.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .model import EdgeModel
+
+FpLogprobs = Callable[[list[int], list[int]], np.ndarray]  # (ids, positions) -> full fp log-probs
+
+
+@dataclass
+class Thresholds:
+    """Gate defaults: Q8_0 passes with a wide margin, a 2-bit or mis-tokenized artifact fails."""
+
+    kld_mean_max: float = 0.25
+    top1_min: float = 0.75
+    pref_agree_min: float = 0.90
+    task_retention_min: float = 0.80  # used when the golden set has references and fp solves some
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Thresholds":
+        return cls(**{k: float(v) for k, v in (d or {}).items()})
+
+
+def kl_full(p_logp: np.ndarray, q_logp: np.ndarray) -> np.ndarray:
+    """Per-row KL(P || Q) from full log-prob rows (natural log)."""
+    p = np.exp(p_logp)
+    return (p * (p_logp - q_logp)).sum(axis=-1)
+
+
+def kl_topk(top: list[list[list[float]]], q_logp: np.ndarray) -> np.ndarray:
+    """Per-row KL over the fp top-k tokens plus one 'rest' bin (a lower bound of the full KL)."""
+    out = np.empty(len(top))
+    for i, row in enumerate(top):
+        ids = np.array([int(t) for t, _ in row])
+        lp = np.array([v for _, v in row], dtype=np.float64)
+        p, q = np.exp(lp), np.exp(q_logp[i, ids])
+        kl = float((p * (lp - q_logp[i, ids])).sum())
+        p_rest, q_rest = max(1.0 - p.sum(), 0.0), max(1.0 - q.sum(), 1e-12)
+        if p_rest > 1e-12:
+            kl += p_rest * (math.log(p_rest) - math.log(q_rest))
+        out[i] = kl
+    return out
+
+
+def _pairs(completions: list[dict]) -> list[tuple[int, int]]:
+    good = [i for i, c in enumerate(completions) if c["label"]]
+    bad = [i for i, c in enumerate(completions) if not c["label"]]
+    return [(g, b) for g in good for b in bad]
+
+
+def _greedy_ids(m: EdgeModel, prompt_ids: list[int], n: int) -> list[int]:
+    out = []
+    for tok in m.backend.generate_ids(prompt_ids, n, 0.0):
+        out.append(tok)
+        if tok in m.eos_ids:
+            break
+    return out
+
+
+def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, Any], bool] | None = None,
+                   fp_logprobs: FpLogprobs | None = None, thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Metrics for one loaded artifact against the golden rows (and the full fp model when given)."""
+    th = thresholds or Thresholds()
+    kl_k, kl_f, top1 = [], [], []
+    pref, margins_fp, margins_art, greedy_eq = [], [], [], []
+    acc_fp, acc_art = [], []
+    for row in golden:
+        p, g = row["prompt_ids"], row["greedy_ids"]
+        if g:
+            ids, pos = p + g, list(range(len(p) - 1, len(p) - 1 + len(g)))
+            q = m.logprobs(ids, pos)
+            kl_k.append(kl_topk(row["top_logprobs"], q))
+            fp_top1 = np.array([t[0][0] for t in row["top_logprobs"]])
+            if fp_logprobs is not None:
+                pf = fp_logprobs(ids, pos)
+                kl_f.append(kl_full(pf, q))
+                fp_top1 = pf.argmax(-1)
+            top1.append(q.argmax(-1) == fp_top1)
+        for gi, bi in _pairs(row.get("completions") or []):
+            c_good, c_bad = row["completions"][gi], row["completions"][bi]
+            m_fp = c_good["logp"] - c_bad["logp"]
+            m_art = m.score_ids(p, c_good["ids"]) - m.score_ids(p, c_bad["ids"])
+            pref.append((m_fp > 0) == (m_art > 0))
+            margins_fp.append(abs(m_fp))
+            margins_art.append(m_art if m_fp > 0 else -m_art)
+        art_ids = _greedy_ids(m, p, max(len(g), 1))
+        greedy_eq.append(art_ids == g)
+        if verifier is not None and row.get("reference") is not None:
+            art_text = m.backend.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
+            acc_fp.append(bool(verifier(row["greedy_text"], row["reference"])))
+            acc_art.append(bool(verifier(art_text, row["reference"])))
+    return _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
+
+
+def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list, pref: list, margins_fp: list,
+               margins_art: list, greedy_eq: list, acc_fp: list, acc_art: list) -> dict[str, Any]:
+    kk = np.concatenate(kl_k) if kl_k else np.zeros(0)
+    kf = np.concatenate(kl_f) if kl_f else None
+    kl = kf if kf is not None else kk
+    res: dict[str, Any] = {
+        "artifact": m.artifact.path, "backend": m.backend.name, "quant": m.artifact.quant,
+        "bytes": m.artifact.entry.get("bytes"), "positions": int(kl.size),
+        "kl_source": "full" if kf is not None else "top-k",
+        "kld_mean": float(kl.mean()) if kl.size else None, "kld_p99": float(np.percentile(kl, 99)) if kl.size else None,
+        "kld_topk_mean": float(kk.mean()) if kk.size else None,
+        "top1_agree": float(np.concatenate(top1).mean()) if top1 else None,
+        "pairs": len(pref), "pref_agree": float(np.mean(pref)) if pref else None,
+        "margin_fp_mean": float(np.mean(margins_fp)) if margins_fp else None,
+        "margin_retention": float(np.mean(margins_art) / np.mean(margins_fp)) if margins_fp and np.mean(margins_fp) else None,
+        "greedy_match": float(np.mean(greedy_eq)) if greedy_eq else None,
+        "task_acc_fp": float(np.mean(acc_fp)) if acc_fp else None,
+        "task_acc": float(np.mean(acc_art)) if acc_art else None,
+    }
+    res["task_retention"] = (res["task_acc"] / res["task_acc_fp"]) if acc_fp and res["task_acc_fp"] else None
+    fails = []
+    if res["kld_mean"] is not None and res["kld_mean"] > th.kld_mean_max:
+        fails.append(f"kld_mean {res['kld_mean']:.4f} > {th.kld_mean_max}")
+    if res["top1_agree"] is not None and res["top1_agree"] < th.top1_min:
+        fails.append(f"top1_agree {res['top1_agree']:.3f} < {th.top1_min}")
+    if res["pref_agree"] is not None and res["pref_agree"] < th.pref_agree_min:
+        fails.append(f"pref_agree {res['pref_agree']:.3f} < {th.pref_agree_min}")
+    if res["task_retention"] is not None and res["task_retention"] < th.task_retention_min:
+        fails.append(f"task_retention {res['task_retention']:.3f} < {th.task_retention_min}")
+    res["passed"], res["failures"], res["thresholds"] = not fails, fails, asdict(th)
+    return res
+
+
+def read_golden(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| artifact | quant | MB | KLD mean | KLD p99 | top-1 | pref. agree | margin kept | greedy match | task acc (fp) | passed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['artifact']} | {r['quant']} | {f((r.get('bytes') or 0) / 1e6, '.1f')} | {f(r['kld_mean'], '.4f')} | "
+                     f"{f(r['kld_p99'], '.3f')} | {f(r['top1_agree'], '.1%')} | {f(r['pref_agree'], '.1%')} | "
+                     f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
+                     f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |")
+    return "\n".join(lines) + "\n"

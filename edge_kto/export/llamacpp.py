@@ -10,6 +10,7 @@ fetched once (``edge-kto export --prepare``, run by scripts/setup.sh) into
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -155,18 +156,44 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or (os.cpu_count() or 1)
-    # llama-cpp-python routes llama.cpp's log through this logger: per-tensor lines only when asked.
+    # llama-cpp-python routes llama.cpp's log through this logger; the quantizer also writes
+    # per-tensor lines straight to stderr. Both are kept out of the terminal unless debugging.
     lg = logging.getLogger("llama-cpp-python")
     level = lg.level
     lg.setLevel(logging.ERROR if not log.isEnabledFor(logging.DEBUG) else logging.DEBUG)
     t = time.perf_counter()
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+        with _stderr_to_file() as captured:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     finally:
         lg.setLevel(level)
     if rc != 0 or not out.is_file():
-        raise RuntimeError(f"llama_model_quantize({src.name} -> {qtype}) failed with code {rc}")
+        raise RuntimeError(f"llama_model_quantize({src.name} -> {qtype}) failed with code {rc}:\n{captured.text[-2000:]}")
     return time.perf_counter() - t
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _stderr_to_file():
+    """Redirect the process's fd 2 (C code writes there directly) into a temp file."""
+    cap = _Captured()
+    if log.isEnabledFor(logging.DEBUG):
+        yield cap
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield cap
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            cap.text = f.read().decode("utf-8", "replace")
 
 
 @dataclass

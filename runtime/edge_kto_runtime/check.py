@@ -87,9 +87,10 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
     th = thresholds or Thresholds()
     kl_k, kl_f, top1 = [], [], []
     pref, margins_fp, margins_art, greedy_eq = [], [], [], []
-    acc_fp, acc_art = [], []
+    acc_fp, acc_art, ids_match = [], [], []
     for row in golden:
         p, g = row["prompt_ids"], row["greedy_ids"]
+        ids_match.append(m.encode(row["messages"]) == p)  # the device's template + tokenizer give the trained ids
         if g:
             ids, pos = p + g, list(range(len(p) - 1, len(p) - 1 + len(g)))
             q = m.logprobs(ids, pos)
@@ -113,7 +114,13 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
             art_text = m.backend.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
             acc_fp.append(bool(verifier(row["greedy_text"], row["reference"])))
             acc_art.append(bool(verifier(art_text, row["reference"])))
-    return _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
+    res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
+    res["prompt_ids_match"] = float(np.mean(ids_match)) if ids_match else None
+    if ids_match and not all(ids_match):
+        res["passed"] = False
+        res["failures"].append(f"chat template / tokenizer: {len(ids_match) - sum(ids_match)} of {len(ids_match)} golden "
+                               f"prompts tokenize differently on this artifact than in training")
+    return res
 
 
 def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list, pref: list, margins_fp: list,
@@ -165,3 +172,26 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                      f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
                      f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def run_device_check(bundle: str | Path, artifacts: list[str] | None = None, thresholds: dict[str, float] | None = None,
+                     n_threads: int | None = None) -> list[dict[str, Any]]:
+    """The check a device runs on its own copy: fp values from ``golden.jsonl`` only (top-k KL)."""
+    from .bundle import open_bundle
+    from .model import load
+    from .verifiers import get_verifier
+
+    b = open_bundle(bundle, verify=True)
+    g = b.manifest.get("golden")
+    if not g:
+        raise ValueError(f"{b.root}: the bundle has no golden set")
+    golden = read_golden(b.file(g["path"]))
+    verifier = get_verifier(g["verifier"]) if g.get("verifier") else None
+    th = Thresholds.from_dict(thresholds or (b.manifest.get("alignment") or {}).get("thresholds"))
+    out = []
+    for art in b.artifacts:
+        if artifacts and art.path not in artifacts and art.path.rstrip("/") not in artifacts:
+            continue
+        with load(b.root, artifact=art.path, n_threads=n_threads, verify=False) as m:
+            out.append(check_artifact(m, golden, verifier, None, th))
+    return out

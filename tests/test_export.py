@@ -12,37 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import HELDOUT
 from edge_kto.export import ExportConfig, run_export
 from edge_kto_runtime.bundle import BundleError, open_bundle
 
 og = pytest.importorskip("onnxruntime_genai")
 llama_cpp = pytest.importorskip("llama_cpp")
 
-TEXTS = {
-    "ascii": "How do I reset the router to factory settings?",
-    "accents": "Où est le café? Ça coûte 3,50 € — très cher, señor.",
-    "chinese": "路由器怎么恢复出厂设置？请一步一步说明。",
-    "emoji": "My lamp 💡 blinks red 🔴 twice 😅 what now?",
-    "long": " ".join(f"Sentence {i}: the thermostat schedule changes at {i % 24}:00 on weekdays." for i in range(60)),
-}
-
-
-def _kto_rows() -> list[dict]:
-    rows = []
-    for i, (k, t) in enumerate(TEXTS.items()):
-        rows.append({"id": f"{k}-good", "prompt": t, "completion": "Hold the reset button for 10 seconds.", "label": True})
-        rows.append({"id": f"{k}-bad", "prompt": t, "completion": "I do not know, sorry.", "label": False})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, tiny_model_dir) -> Path:
-    d = tmp_path_factory.mktemp("export")
-    golden = write_jsonl(d / "heldout.jsonl", _kto_rows())
-    res = run_export(ExportConfig(source=str(tiny_model_dir), out=str(d / "bundle"), gguf=["F32", "F16", "Q8_0", "Q4_K_M"],
-                                  golden_data=str(golden), golden_max_new_tokens=8), progress=False)
-    return res.bundle
+TEXTS = HELDOUT
 
 
 def _llama(path: Path, **kw):

@@ -187,8 +187,8 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
         with zipfile.ZipFile(zpath) as z:
             for info in z.infolist():
                 rel = _safe_rel(info.filename.rstrip("/"), str(zpath)) if info.filename.rstrip("/") else None
-                mode = info.external_attr >> 16
-                if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+                kind = stat.S_IFMT(info.external_attr >> 16)  # 0: the archiver recorded no file type
+                if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise BundleError(f"{zpath}: entry {info.filename!r} is a link or special file; refused")
                 if rel is None:
                     continue

@@ -43,6 +43,55 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _default_db(bundle: str) -> str:
+    from pathlib import Path
+
+    b = Path(bundle)
+    return str(b.with_name(b.stem + "-feedback.sqlite"))
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .model import load
+    from .serve import ServeConfig, serve
+
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not a.api_key:
+        print(f"edge-runtime: warning: serving on {a.host} without --api-key: anyone on the network can use it",
+              file=sys.stderr)
+    m = load(a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads, n_ctx=a.n_ctx)
+    cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key, max_body_bytes=a.max_body_bytes,
+                      max_tokens_cap=a.max_tokens_cap, model_name=a.model_name,
+                      feedback_db=None if a.no_feedback else (a.feedback_db or _default_db(a.bundle)))
+    srv = serve(m, cfg)
+    srv.verbose = a.verbose
+    info = m.info()
+    print(f"serving {info['artifact']} ({info['backend']}, {info['quant']}) on http://{a.host}:{srv.server_address[1]}/v1 "
+          f"— loaded in {info['load_s']:.2f} s, verified in {info['verify_s']:.2f} s; feedback: {cfg.feedback_db or 'off'}",
+          flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+        m.close()
+    return 0
+
+
+def cmd_feedback(a: argparse.Namespace) -> int:
+    from .feedback import FeedbackStore
+
+    store = FeedbackStore(a.db)
+    try:
+        if a.feedback_command == "export":
+            n = store.export_kto(a.out)
+            print(f"{a.out}: {n} rated rows (KTO JSONL: train on them with `edge-kto train --data {a.out}`)")
+        else:
+            print(json.dumps(store.counts()))
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-runtime", description="Run edge-kto bundles offline (no torch).")
     p.add_argument("--version", action="version", version=f"edge-kto-runtime {__version__} (bundle schema {SCHEMA_VERSION})")
@@ -66,6 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible server (127.0.0.1 unless --host)")
+    s.add_argument("bundle")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    s.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
+    s.add_argument("--artifact")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--n-ctx", type=int)
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    s.add_argument("--max-tokens-cap", type=int, default=512)
+    s.add_argument("--model-name")
+    s.add_argument("--feedback-db", help="SQLite file for completions + thumbs (default: BUNDLE-feedback.sqlite)")
+    s.add_argument("--no-feedback", action="store_true")
+    s.add_argument("--verbose", action="store_true", help="log every request")
+    s.set_defaults(func=cmd_serve)
+
+    f = sub.add_parser("feedback", help="the on-device feedback log").add_subparsers(dest="feedback_command", required=True)
+    fe = f.add_parser("export", help="rated completions -> KTO JSONL for edge-kto train")
+    fe.add_argument("--db", required=True)
+    fe.add_argument("--out", required=True)
+    fe.set_defaults(func=cmd_feedback)
+    fs = f.add_parser("stats", help="how many completions and ratings")
+    fs.add_argument("--db", required=True)
+    fs.set_defaults(func=cmd_feedback)
     return p
 
 

@@ -23,7 +23,9 @@ class LlamaCppBackend:
     def __init__(self, path: Path, n_ctx: int, n_threads: int, use_mmap: bool = True, seed: int = 0):
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                                    use_mmap=use_mmap, seed=seed, verbose=False)
-        self.n_ctx = self.llm.n_ctx()
+        # llama.cpp may round the context up (e.g. to 256); llama-cpp-python's token buffer keeps the
+        # requested size, so the smaller of the two is what fits.
+        self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self.n_vocab = self.llm.n_vocab()
 
     def tokenize(self, text: str) -> list[int]:
@@ -35,18 +37,34 @@ class LlamaCppBackend:
 
     def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
                      seed: int | None = None) -> Iterator[int]:
-        """Sampled (or greedy at temperature 0) ids; the KV cache of a prompt prefix shared with the
-        previous call is reused (llama-cpp-python's prefix match)."""
+        """Sampled (or greedy at temperature 0) ids.
+
+        The KV cache of a prompt prefix shared with the previous call is kept, and the prompt's
+        last token is always decoded on its own: the first-token logits then come from the same
+        computation whether or not the prefix was cached, so repeating a request repeats its
+        greedy output (batched and single-token matmuls round differently).
+        """
+        llm = self.llm
         if seed is not None:
-            self.llm.set_seed(seed)
+            llm.set_seed(seed)
+        head = ids[:-1]
+        cached = 0
+        for a, b in zip(llm._input_ids[:llm.n_tokens], head):
+            if a != b:
+                break
+            cached += 1
+        llm.n_tokens = cached
+        llm._ctx.kv_cache_seq_rm(-1, cached, -1)
+        if head[cached:]:
+            llm.eval(head[cached:])
         greedy = temperature <= 0
-        gen = self.llm.generate(ids, temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                                top_k=1 if greedy else top_k, min_p=0.0, repeat_penalty=1.0, reset=True)
+        gen = llm.generate(ids[-1:], temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                           top_k=1 if greedy else top_k, min_p=0.0, repeat_penalty=1.0, reset=False)
         for n, tok in enumerate(gen):
             if n >= max_new_tokens:
                 break
             yield tok
-            if self.llm.n_tokens >= self.n_ctx:
+            if llm.n_tokens >= self.n_ctx:
                 break
 
     def logits(self, ids: list[int], positions: list[int]) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""On-device feedback log: every served completion, and the user's thumbs on it, in SQLite.
+
+WAL journal with ``synchronous=FULL``: each committed row survives a crash or ``kill -9`` of the
+server, and a reader never sees half a transaction. ``export_kto`` writes the rated rows as
+unpaired KTO rows (``{"prompt": messages, "completion", "label", "id", "source": "device"}``), the
+format ``edge-kto train`` reads, so the deployed student's thumbs become the next KTO round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    request_id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    model TEXT,
+    prompt TEXT NOT NULL,          -- JSON: chat messages, or a string for raw completions
+    completion TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY REFERENCES completions(request_id),
+    good INTEGER NOT NULL CHECK (good IN (0, 1)),
+    note TEXT,
+    created REAL NOT NULL
+);
+"""
+
+
+class UnknownRequest(KeyError):
+    pass
+
+
+class FeedbackStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def log_completion(self, request_id: str, prompt: Any, completion: str, model: str | None = None) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                             (request_id, time.time(), model, json.dumps(prompt, ensure_ascii=False), completion))
+
+    def add_feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
+        if not isinstance(good, bool):
+            raise ValueError("'good' must be a JSON boolean")
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM completions WHERE request_id = ?", (request_id,)).fetchone() is None:
+                raise UnknownRequest(request_id)
+            self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?)", (request_id, int(good), note, time.time()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model FROM feedback f "
+                                   "JOIN completions c USING (request_id) ORDER BY f.created")
+            out = []
+            for rid, prompt, completion, good, note, model in cur.fetchall():
+                p = json.loads(prompt)
+                row = {"id": rid, "prompt": p if isinstance(p, list) else str(p), "completion": completion,
+                       "label": bool(good), "source": "device"}
+                if note:
+                    row["note"] = note
+                if model:
+                    row["model"] = model
+                out.append(row)
+            return out
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            n = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            good = self._db.execute("SELECT COUNT(*), COALESCE(SUM(good), 0) FROM feedback").fetchone()
+        return {"completions": n, "rated": good[0], "good": good[1], "bad": good[0] - good[1]}
+
+    def export_kto(self, out: str | Path) -> int:
+        """Write rated rows as KTO JSONL atomically; returns the number of rows."""
+        rows = self.rows()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+        return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

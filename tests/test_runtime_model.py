@@ -1,0 +1,150 @@
+"""The device runtime without torch: loading with verification, refusals, generation on both
+backends, UTF-8-safe streaming, stop strings, context overflow, scoring. Runs in the runtime-only
+CI venv too (bundles then come from EDGE_KTO_TEST_BUNDLE / EDGE_KTO_TEST_SMOL_BUNDLE)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edge_kto_runtime import BundleError, ContextOverflow, load, open_bundle
+from edge_kto_runtime.bundle import safe_extract, zip_bundle
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("onnxruntime_genai")
+
+JAPAN = [{"role": "user", "content": "What is the capital of Japan? Answer in one word."}]
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("backend", ["llama.cpp", "onnx"])
+def test_both_backends_answer_from_a_real_smollm2_bundle(smol_bundle, backend):
+    with load(smol_bundle, backend=backend, n_threads=2) as m:
+        c = m.complete(JAPAN, max_new_tokens=12)
+        assert "Tokyo" in c.text, c.text
+        assert c.prompt_tokens > 10 and 0 < len(c.token_ids) <= 12 and c.ttft_s <= c.total_s
+        pieces = list(m.stream(JAPAN, max_new_tokens=12))
+        assert "".join(pieces) == c.text and len(pieces) > 1
+        assert m.info()["load_s"] > 0 and m.info()["n_threads"] == 2
+
+
+@pytest.mark.real_model
+def test_stream_never_splits_a_character_and_stops_at_stop_strings(smol_bundle):
+    prompt = "Emoji list: 😀 😃 😄 😁 😆 😅 😂 🤣 😊 😇 🙂"  # raw text: the model continues with emoji
+    for backend in ("llama.cpp", "onnx"):
+        with load(smol_bundle, backend=backend, verify=False) as m:
+            full = m.generate(prompt, max_new_tokens=16)
+            ids = m.complete(prompt, max_new_tokens=16).token_ids
+            split = sum(1 for t in ids if "\ufffd" in m.backend.detokenize([t]).decode("utf-8", "replace"))
+            assert split > 0, "some emoji span several tokens (what makes naive streaming print garbage)"
+            pieces = list(m.stream(prompt, max_new_tokens=16))
+            assert "".join(pieces) == full and "\ufffd" not in full
+            assert all("\ufffd" not in p for p in pieces)
+            emoji = next(ch for ch in full if ord(ch) > 0x2000)
+            stopped = m.generate(prompt, max_new_tokens=16, stop=[emoji])
+            assert emoji not in stopped and full.startswith(stopped)
+
+
+def test_bundle_loads_each_artifact_and_reports_timings(tiny_bundle):
+    b = open_bundle(tiny_bundle)
+    for art in b.artifacts:
+        with load(tiny_bundle, artifact=art.path, verify=False) as m:
+            out = m.complete("hello", max_new_tokens=4)
+            assert len(out.token_ids) == 4 and out.finish_reason == "length"
+            assert m.info()["backend"] == art.backend
+
+
+def test_score_is_the_summed_log_prob_and_agrees_across_fp_artifacts(tiny_bundle):
+    golden = [json.loads(x) for x in (tiny_bundle / "golden.jsonl").read_text().splitlines()]
+    row = golden[0]
+    comp = row["completions"][0]
+    for art in ("model-f32.gguf",):  # fp32: equals the fp log-prob stored at export within fp tolerance
+        with load(tiny_bundle, artifact=art, verify=False) as m:
+            assert m.score_ids(row["prompt_ids"], comp["ids"]) == pytest.approx(comp["logp"], abs=2e-2)
+            assert m.score(row["messages"], comp["text"]) == pytest.approx(comp["logp"], abs=2e-2)
+            assert m.encode(row["messages"]) == row["prompt_ids"]
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_bundle):
+    with load(tiny_bundle, artifact="model-q8_0.gguf", n_ctx=64, verify=False) as m:
+        long = [{"role": "user", "content": "word " * 200}]
+        with pytest.raises(ContextOverflow, match="context holds 64"):
+            m.generate(long, max_new_tokens=4)
+        assert len(m.complete(long, max_new_tokens=4, truncate=True).token_ids) == 4
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_tampered_truncated_missing_and_unknown_schema(tiny_bundle, tmp_path):
+    b = _copy(tiny_bundle, tmp_path / "flip")
+    data = bytearray((b / "model-q8_0.gguf").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (b / "model-q8_0.gguf").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load(b)
+
+    b = _copy(tiny_bundle, tmp_path / "trunc")
+    with open(b / "onnx-int4" / "model.onnx.data", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(BundleError, match="truncated"):
+        load(b, artifact="onnx-int4/")
+
+    b = _copy(tiny_bundle, tmp_path / "missing")
+    (b / "golden.jsonl").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        open_bundle(b)
+
+    b = _copy(tiny_bundle, tmp_path / "schema")
+    m = json.loads((b / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="schema_version"):
+        load(b)
+
+
+def test_zipped_bundle_loads_and_hostile_archives_are_refused(tiny_bundle, tmp_path):
+    z = zip_bundle(tiny_bundle, tmp_path / "ok.zip")
+    with load(z, artifact="model-q8_0.gguf") as m:
+        assert m.generate("hi", max_new_tokens=2) is not None
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("manifest.json", "{}")
+        zf.writestr("../escaped.txt", "gotcha")
+    with pytest.raises(BundleError, match="escapes"):
+        safe_extract(evil, tmp_path / "evil")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "evil").exists()
+
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        info = zipfile.ZipInfo("manifest.json")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(BundleError, match="link"):
+        safe_extract(link, tmp_path / "link")
+    assert not (tmp_path / "link").exists()
+
+
+def test_missing_backend_names_the_extra_to_install(tiny_bundle, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnx(name, *a, **k):
+        if name == "onnxruntime_genai":
+            raise ImportError("not installed")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    from edge_kto_runtime.backends import BackendMissing
+
+    with pytest.raises(BackendMissing, match=r"edge-kto-runtime\[onnx\]"):
+        load(tiny_bundle, backend="onnx", verify=False)

@@ -83,8 +83,9 @@ def cmd_feedback(a: argparse.Namespace) -> int:
     store = FeedbackStore(a.db)
     try:
         if a.feedback_command == "export":
-            n = store.export_kto(a.out)
-            print(f"{a.out}: {n} rated rows (KTO JSONL: train on them with `edge-kto train --data {a.out}`)")
+            n, blank = store.export_kto(a.out)
+            print(f"{a.out}: {n} rated rows" + (f" ({blank} with a blank completion left out)" if blank else "")
+                  + f" — KTO JSONL: train on them with `edge-kto train --data {a.out}`")
         else:
             print(json.dumps(store.counts()))
     finally:

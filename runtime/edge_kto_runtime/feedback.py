@@ -83,9 +83,13 @@ class FeedbackStore:
             good = self._db.execute("SELECT COUNT(*), COALESCE(SUM(good), 0) FROM feedback").fetchone()
         return {"completions": n, "rated": good[0], "good": good[1], "bad": good[0] - good[1]}
 
-    def export_kto(self, out: str | Path) -> int:
-        """Write rated rows as KTO JSONL atomically; returns the number of rows."""
-        rows = self.rows()
+    def export_kto(self, out: str | Path) -> tuple[int, int]:
+        """Write rated rows as KTO JSONL atomically; returns (rows written, blank completions skipped).
+
+        A blank completion carries nothing to learn from (and the trainer refuses it).
+        """
+        rated = self.rows()
+        rows = [r for r in rated if r["completion"].strip()]
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -96,7 +100,7 @@ class FeedbackStore:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-        return len(rows)
+        return len(rows), len(rated) - len(rows)
 
     def close(self) -> None:
         with self._lock:

@@ -32,7 +32,7 @@ def _post(summary: str, schema_ref: str, ok: dict[str, Any], extra_errors: tuple
 def openapi_spec(max_tokens_cap: int, max_body_bytes: int) -> dict[str, Any]:
     json_or_sse = {"description": "a completion (JSON), or SSE chunks when stream is true", "content": {
         "application/json": {"schema": {"type": "object", "required": ["id", "object", "choices"]}},
-        "text/event-stream": {"schema": {"type": "string"}}}}
+        "text/event-stream": {}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "edge-kto runtime", "version": "1",

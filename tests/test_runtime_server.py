@@ -159,7 +159,8 @@ def test_schemathesis_bounded_run_against_the_spec(server):
     for op in schema.get_all_operations():
         operation = op.ok()
 
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        # derandomize: the same bounded set of examples on every CI run (no flaky discoveries mid-merge)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
         @given(case=operation.as_strategy())
         def run(case):
             resp = case.call(base_url=base, timeout=60)

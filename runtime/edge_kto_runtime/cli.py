@@ -93,6 +93,44 @@ def cmd_feedback(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench import BenchConfig, _aggregate, _environment, peak_rss_mb, run_bench
+    from .bench_report import markdown, plot
+
+    cfg = BenchConfig(bundle=a.bundle or "", artifacts=a.artifact or [], n_prompt=a.n_prompt, n_gen=a.n_gen, runs=a.runs,
+                      warmup=a.warmup, threads=a.threads, seed=a.seed, cold=a.cold, natural_stop=a.natural_stop,
+                      compare=a.compare, prefix_cache=a.prefix_cache, prompts_file=a.prompts, n_turn=a.n_turn,
+                      prefix_state=a.prefix_state)
+    if a.url:
+        from .bench_http import run_http_bench
+
+        runs = run_http_bench(a.url, a.n_prompt, a.n_gen, a.runs, a.warmup, a.seed, a.model, a.api_key)
+        agg = _aggregate(runs, 0.0, a.seed)
+        report = {"schema": "edge-kto-bench/1", "url": a.url, "config": cfg.__dict__, "n_prompt": a.n_prompt, "n_gen": a.n_gen,
+                  "n_threads": None, "environment": {**_environment(0), "n_threads": "server"}, "peak_rss_mb": peak_rss_mb(),
+                  "warnings": ["n_prompt counts words for --url (the server tokenizes)"],
+                  "results": [{"artifact": a.url, "backend": "http", "quant": a.model or "-", "bytes": None, **agg,
+                               "e2e_p50_vs_fastest": 1.0}]}
+    else:
+        if not a.bundle:
+            raise ValueError("bench needs a BUNDLE (or --url)")
+        report = run_bench(cfg, progress=not a.quiet)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    md = markdown(report)
+    (out / "bench.md").write_text(md)
+    try:
+        plot(report, out / "bench.png")
+    except ImportError:
+        print("(no matplotlib: PNG skipped; pip install 'edge-kto-runtime[plot]')", file=sys.stderr)
+    print(md)
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-runtime", description="Run edge-kto bundles offline (no torch).")
     p.add_argument("--version", action="version", version=f"edge-kto-runtime {__version__} (bundle schema {SCHEMA_VERSION})")
@@ -133,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-feedback", action="store_true")
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
+
+    bn = sub.add_parser("bench", help="P99 latency harness (TTFT, TPOT, gaps, E2E) -> JSON + Markdown + PNG")
+    bn.add_argument("bundle", nargs="?")
+    bn.add_argument("--artifact", action="append", help="artifact(s) to bench (default: the bundle's default)")
+    bn.add_argument("--compare", action="store_true", help="every artifact, interleaved run by run")
+    bn.add_argument("--prompts", help="text file, one user turn per line (default: synthetic prompts of --n-prompt tokens)")
+    bn.add_argument("--n-prompt", type=int, default=128)
+    bn.add_argument("--n-gen", type=int, default=64)
+    bn.add_argument("--runs", type=int, default=200)
+    bn.add_argument("--warmup", type=int, default=5)
+    bn.add_argument("--threads", type=int)
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--cold", action="store_true", help="include the model load in every run")
+    bn.add_argument("--natural-stop", action="store_true", help="stop at EOS (default: fixed --n-gen tokens)")
+    bn.add_argument("--prefix-cache", action="store_true", help="keep the system prompt's KV: requests pay only their turn")
+    bn.add_argument("--n-turn", type=int, default=32, help="user-turn tokens after the system prompt (--prefix-cache)")
+    bn.add_argument("--prefix-state", help="persist / restore the system prompt's KV state (llama.cpp) at this path")
+    bn.add_argument("--url", help="bench a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8080/v1)")
+    bn.add_argument("--model", help="model name for --url")
+    bn.add_argument("--api-key")
+    bn.add_argument("--out", default="bench-out")
+    bn.add_argument("--quiet", action="store_true")
+    bn.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("feedback", help="the on-device feedback log").add_subparsers(dest="feedback_command", required=True)
     fe = f.add_parser("export", help="rated completions -> KTO JSONL for edge-kto train")

@@ -14,9 +14,10 @@ def _sampling_props(cap: int) -> dict[str, Any]:
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": cap},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "seed": {"type": "integer"},
+        "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
         "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
         "stream": {"type": "boolean"},
+        "ignore_eos": {"type": "boolean"},
         "model": {"type": "string"},
     }
 

@@ -61,12 +61,15 @@ def _sampling(body: dict, cap: int) -> dict[str, Any]:
             stop = [stop]
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise BadRequest("'stop' must be a string or a list of up to 4 strings", "stop")
-    stream = body.get("stream", False)
+    stream, ignore_eos = body.get("stream", False), body.get("ignore_eos", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", "stream")
+    if not isinstance(ignore_eos, bool):
+        raise BadRequest("'ignore_eos' must be a boolean", "ignore_eos")
     return {"max_new_tokens": _num(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", 1, cap, min(256, cap), True),
             "temperature": _num(body, "temperature", 0, 2, 0.0), "top_p": _num(body, "top_p", 0, 1, 1.0),
-            "seed": _num(body, "seed", -(2**63), 2**63 - 1, None, True), "stop": stop, "stream": stream}
+            "seed": _num(body, "seed", -(2**63), 2**63 - 1, None, True), "stop": stop, "stream": stream,
+            "ignore_eos": ignore_eos}  # an extension (llama-server, vLLM): fixed-length outputs for benchmarks
 
 
 def _messages(body: dict) -> list[dict[str, str]]:
@@ -216,7 +219,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(ids) >= m.backend.n_ctx:
             raise ContextOverflow(f"prompt is {len(ids)} tokens; this model's context holds {m.backend.n_ctx}")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        kw = {k: s[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop")}
+        kw = {k: s[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")}
         created = int(time.time())
         with srv.gen_lock:
             if s["stream"]:

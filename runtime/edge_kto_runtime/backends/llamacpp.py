@@ -88,5 +88,27 @@ class LlamaCppBackend:
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         return np.stack([rows[p] for p in positions])
 
+    def reset(self) -> None:
+        """Forget the KV cache (the next prompt is evaluated from scratch)."""
+        self.llm.n_tokens = 0
+        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+
+    def save_prefix(self, ids: list[int], path: Path) -> None:
+        """Evaluate ``ids`` and persist the KV state, so a restart skips the shared system prompt."""
+        import pickle
+
+        self.reset()
+        self.llm.eval(ids)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(pickle.dumps(self.llm.save_state()))
+        tmp.replace(path)
+
+    def load_prefix(self, path: Path) -> int:
+        """Restore a persisted KV state; returns how many prompt tokens it covers."""
+        import pickle
+
+        self.llm.load_state(pickle.loads(path.read_bytes()))
+        return self.llm.n_tokens
+
     def close(self) -> None:
         self.llm.close()

@@ -71,5 +71,8 @@ class OnnxGenaiBackend:
             raise RuntimeError(f"onnxruntime-genai returned logits for {out.shape[0]} positions, expected {len(ids)}")
         return out[positions]
 
+    def reset(self) -> None:
+        """Nothing to forget: every request builds a fresh generator (no prefix cache on this backend)."""
+
     def close(self) -> None:
         del self.model

@@ -39,26 +39,27 @@ class LlamaCppBackend:
                      seed: int | None = None) -> Iterator[int]:
         """Sampled (or greedy at temperature 0) ids.
 
-        The KV cache of a prompt prefix shared with the previous call is kept, and the prompt's
-        last token is always decoded on its own: the first-token logits then come from the same
-        computation whether or not the prefix was cached, so repeating a request repeats its
-        greedy output (batched and single-token matmuls round differently).
+        The KV cache of a prompt prefix shared with the previous call is kept (a cached system
+        prompt costs nothing), and the rest of the prompt is evaluated in one batch. A prompt the
+        cache already covers entirely (a repeated request) is recomputed from scratch: the logits
+        of its last token would otherwise come from a one-token decode, which rounds differently
+        from the batched one, and a repeated greedy request must repeat its output.
         """
         llm = self.llm
         if seed is not None:
             llm.set_seed(seed)
-        head = ids[:-1]
         cached = 0
-        for a, b in zip(llm._input_ids[:llm.n_tokens], head):
+        for a, b in zip(llm._input_ids[:llm.n_tokens], ids):
             if a != b:
                 break
             cached += 1
+        if cached >= len(ids) - 1:
+            cached = 0
         llm.n_tokens = cached
         llm._ctx.kv_cache_seq_rm(-1, cached, -1)
-        if head[cached:]:
-            llm.eval(head[cached:])
+        llm.eval(ids[cached:])
         greedy = temperature <= 0
-        gen = llm.generate(ids[-1:], temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+        gen = llm.generate([], temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
                            top_k=1 if greedy else top_k, min_p=0.0, repeat_penalty=1.0, reset=False)
         for n, tok in enumerate(gen):
             if n >= max_new_tokens:

@@ -180,6 +180,20 @@ def cmd_check(a: argparse.Namespace) -> int:
     return _print_alignment(res)
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig.from_yaml(a.pipeline)
+    if a.out:
+        cfg.out = a.out
+    if a.student:
+        cfg.student = a.student
+    rep = run_pipeline(cfg, progress=not a.quiet)
+    print("\n" + rep["markdown"])
+    print(f"report: {cfg.out}/report.md, {cfg.out}/report.json")
+    return 0
+
+
 def cmd_models_fetch(a: argparse.Namespace) -> int:
     from .models import fetch_model
 
@@ -279,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("run", help="the whole pipeline from a YAML file (stages cached; a rerun redoes only what changed)")
+    r.add_argument("pipeline")
+    r.add_argument("--out", help="override the pipeline's out folder")
+    r.add_argument("--student", help="override the pipeline's student model")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     ins = data.add_parser("inspect", help="class counts, lengths, KTO Eq. 8 weight range")

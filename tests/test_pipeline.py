@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-TASK = Path(__file__).parent / "fixtures" / "capitals_task"
+TASK = Path(__file__).resolve().parent.parent / "edge_kto" / "tasks" / "capitals"
 
 
 def _yaml(tmp_path: Path, tiny: Path, **train) -> Path:

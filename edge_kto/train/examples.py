@@ -34,9 +34,11 @@ def prepare_examples(rows: list[KTOExample], tok: Any, cfg: TrainConfig, source:
     n_d, n_u = _class_counts([r.label for r in rows])
     if not n_d or not n_u:
         only = "desirable" if n_d else "undesirable"
+        fix = ("add undesirable rows, e.g. the student's own samples (`edge-kto label --student ...`)" if n_d else
+               "no answer passed the labeler: sample more per prompt (-n), use a stronger teacher, or check the verifier "
+               "and the teacher context")
         raise TrainDataError(f"{source}: all {len(rows)} rows are {only}; KTO needs both desirable (label true) and "
-                             f"undesirable (label false) rows. Label more candidates, or add on-policy student samples "
-                             f"(`edge-kto label --student ...`).")
+                             f"undesirable (label false) rows: {fix}")
     rep = tokenize_all(tok, rows, cfg.max_length, cfg.max_prompt_length)
     if not rep.examples:
         raise TrainDataError(f"{source}: every row is too long: {rep.prompt_too_long} prompt(s) exceed max_prompt_length="

@@ -83,3 +83,30 @@ def test_prefix_cache_cuts_ttft_for_a_turn_after_the_system_prompt(smol_bundle, 
     assert any(tmp_path.glob("sys-*.state")), "the system prompt's KV state was persisted"
     uncached = run_bench(BenchConfig(**{**base, "prefix_cache": False, "n_prompt": 160}), progress=False)["results"][0]
     assert cached["ttft_s"]["p50"] < 0.6 * uncached["ttft_s"]["p50"], (cached["ttft_s"]["p50"], uncached["ttft_s"]["p50"])
+
+
+def test_bench_url_measures_a_running_server_over_sse(tiny_bundle, tmp_path):
+    import threading
+
+    from conftest import free_port
+    from edge_kto_runtime import load
+    from edge_kto_runtime.serve import ServeConfig, serve
+
+    model = load(tiny_bundle, artifact="model-q8_0.gguf", verify=False)
+    srv = serve(model, ServeConfig(port=free_port()))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    out = tmp_path / "url"
+    try:
+        p = subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "bench", "--url",
+                            f"http://127.0.0.1:{srv.server_address[1]}/v1", "--runs", "6", "--warmup", "1", "--n-prompt", "20",
+                            "--n-gen", "6", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        model.close()
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((out / "bench.json").read_text())
+    r = rep["results"][0]
+    assert r["backend"] == "http" and len(r["runs"]) == 6
+    assert all(run["n_gen"] >= 1 for run in r["runs"]) and r["ttft_s"]["p50"] <= r["e2e_s"]["p50"]
+    assert (out / "bench.png").stat().st_size > 10_000

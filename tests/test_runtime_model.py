@@ -148,3 +148,22 @@ def test_missing_backend_names_the_extra_to_install(tiny_bundle, tmp_path, monke
 
     with pytest.raises(BackendMissing, match=r"edge-kto-runtime\[onnx\]"):
         load(tiny_bundle, backend="onnx", verify=False)
+
+
+def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, tmp_path):
+    from edge_kto_runtime.feedback import FeedbackStore
+
+    db = tmp_path / "fb.sqlite"
+    with load(tiny_bundle, artifact="model-q8_0.gguf", verify=False, feedback_db=db) as m:
+        good = m.complete([{"role": "user", "content": "hi"}], max_new_tokens=3)
+        bad = m.complete("hi", max_new_tokens=3)
+        m.feedback(good.request_id, True, note="nice")
+        m.feedback(bad.request_id, False)
+        with pytest.raises(KeyError):
+            m.feedback("no-such-request", True)
+    store = FeedbackStore(db)
+    rows = {r["id"]: r for r in store.rows()}
+    store.close()
+    assert rows[good.request_id]["label"] is True and rows[good.request_id]["prompt"] == [{"role": "user", "content": "hi"}]
+    assert rows[bad.request_id] == {"id": bad.request_id, "prompt": "hi", "completion": bad.text, "label": False,
+                                    "source": "device", "model": rows[bad.request_id]["model"]}

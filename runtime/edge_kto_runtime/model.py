@@ -84,10 +84,11 @@ def _pick_artifact(b: Bundle, backend: str, artifact: str | None) -> Artifact:
 
 
 def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None, n_threads: int | None = None,
-         n_ctx: int | None = None, verify: bool = True) -> "EdgeModel":
+         n_ctx: int | None = None, verify: bool = True, feedback_db: str | Path | None = None) -> "EdgeModel":
     """Open a bundle folder or zip, verify it (every file's size and sha256, streamed), load one artifact.
 
     ``verify=False`` skips hashing (the manifest schema is still checked) — for a bundle just verified.
+    ``feedback_db``: log every completion to this SQLite file so ``m.feedback(request_id, good)`` can rate it.
     """
     t0 = time.perf_counter()
     b = open_bundle(bundle, verify=False)
@@ -98,7 +99,12 @@ def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None,
     n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", 2048))
     n_threads = n_threads or physical_cores()
     be = _open_backend(art, b.file(art.path.rstrip("/")), n_ctx, n_threads)
-    return EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
+    m = EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
+    if feedback_db is not None:
+        from .feedback import FeedbackStore
+
+        m.feedback_store = FeedbackStore(feedback_db)
+    return m
 
 
 class EdgeModel:
@@ -111,6 +117,7 @@ class EdgeModel:
         self.eos_ids = set(tok.get("eos_ids") or [])
         self.stop_strings: list[str] = [s for s in tok.get("stop") or [] if s]
         self.defaults = bundle.manifest.get("generation", {})
+        self.feedback_store: Any = None  # a FeedbackStore when loaded with feedback_db
 
     # ------------------------------------------------------------ prompts -> ids
 
@@ -183,7 +190,16 @@ class EdgeModel:
                 times.append(ev.t)
         total = time.perf_counter() - t0
         reason = "length" if len(toks) >= max_new else "stop"
-        return Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
+        out = Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
+        if self.feedback_store is not None and not (prompt and isinstance(prompt[0], int)):  # type: ignore[index]
+            self.feedback_store.log_completion(rid, prompt, out.text, str(self.bundle.manifest.get("name")))
+        return out
+
+    def feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
+        """Thumbs up/down on a completion returned by :meth:`complete` (needs ``load(..., feedback_db=...)``)."""
+        if self.feedback_store is None:
+            raise ValueError("feedback needs a log: load(bundle, feedback_db='feedback.sqlite')")
+        self.feedback_store.add_feedback(request_id, good, note)
 
     def generate(self, prompt: Prompt, **kw: Any) -> str:
         return self.complete(prompt, **kw).text
@@ -221,6 +237,8 @@ class EdgeModel:
 
     def close(self) -> None:
         self.backend.close()
+        if self.feedback_store is not None:
+            self.feedback_store.close()
 
     def __enter__(self) -> "EdgeModel":
         return self

@@ -1,0 +1,63 @@
+package dev.edgekto.core;
+
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A thumbs-up/down on one answer, in the row format {@code edge-runtime feedback export} writes and
+ * {@code edge-kto train} reads (unpaired KTO): {"id", "prompt": [messages], "completion", "label",
+ * "source": "device", "note"?, "model"?}. Shared fixture: tests/fixtures/feedback_rows.jsonl.
+ */
+public final class FeedbackRecord {
+    public final String id;
+    public final List<String[]> messages; // {role, content}
+    public final String completion;
+    public final boolean good;
+    public final String note;
+    public final String model;
+
+    public FeedbackRecord(String id, List<String[]> messages, String completion, boolean good, String note, String model) {
+        if (completion == null || completion.trim().isEmpty())
+            throw new IllegalArgumentException("a blank completion carries nothing to learn from");
+        this.id = id;
+        this.messages = messages;
+        this.completion = completion;
+        this.good = good;
+        this.note = note;
+        this.model = model;
+    }
+
+    public String toJsonLine() {
+        Map<String, Object> row = new LinkedHashMap<>();
+        row.put("id", id);
+        List<Object> prompt = new ArrayList<>();
+        for (String[] m : messages) {
+            Map<String, Object> msg = new LinkedHashMap<>();
+            msg.put("role", m[0]);
+            msg.put("content", m[1]);
+            prompt.add(msg);
+        }
+        row.put("prompt", prompt);
+        row.put("completion", completion);
+        row.put("label", good);
+        row.put("source", "device");
+        if (note != null) row.put("note", note);
+        if (model != null) row.put("model", model);
+        return Json.write(row);
+    }
+
+    @SuppressWarnings("unchecked")
+    public static FeedbackRecord fromJsonLine(String line) {
+        Map<String, Object> row = (Map<String, Object>) Json.parse(line);
+        if (!(row.get("label") instanceof Boolean)) throw new IllegalArgumentException("field 'label': must be a JSON boolean");
+        List<String[]> msgs = new ArrayList<>();
+        for (Object o : (List<Object>) row.get("prompt")) {
+            Map<String, Object> m = (Map<String, Object>) o;
+            msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
+        }
+        return new FeedbackRecord((String) row.get("id"), msgs, (String) row.get("completion"), (Boolean) row.get("label"),
+                (String) row.get("note"), (String) row.get("model"));
+    }
+}

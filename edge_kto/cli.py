@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"edge-kto: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # FetchError, ModelNotAvailable, TeacherHTTPError

@@ -295,3 +295,13 @@ def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_mode
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  betta: 0.1\n")
     assert main(["train", "--config", str(bad)]) == 2
+
+
+def test_cli_reports_an_existing_run_as_an_error_not_a_traceback(tmp_path, tiny_model_dir, data, capsys):
+    from edge_kto.cli import main
+
+    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--max-steps", "1",
+            "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err

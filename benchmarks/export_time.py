@@ -54,7 +54,7 @@ def main() -> None:
     summary = {"date": time.strftime("%Y-%m-%d"), "model": "SmolLM2-135M-Instruct", "tools_s": tools, "tools_total_s": tools_total,
                "export_s": ours, "export_timings": res.timings, "ratio": ours / tools_total,
                "artifacts_only_s": artifacts_only, "ratio_artifacts_only": artifacts_only / tools_total, "golden_rows": a.golden, "artifacts": arts}
-    print(f"| step | tools by hand (s) | edge-kto export (s) |\n|---|---|---|")
+    print("| step | tools by hand (s) | edge-kto export (s) |\n|---|---|---|")
     print(f"| convert f16 | {tools['convert_f16']:.1f} | {res.timings['convert_s']:.1f} |")
     for q in types:
         print(f"| quantize {q} | {tools[f'quantize_{q}']:.1f} | {res.timings['quantize_s'][q]:.1f} |")

@@ -175,7 +175,7 @@ def main() -> None:
     }
     print(f"\nKTO training, {a.model}, LoRA r=8 all-linear, batch {a.batch}, {a.steps} steps, precomputed reference, "
           f"{summary['device']}, {tokens_per_sample:.0f} tokens/sample")
-    print(f"| trainer | s/step (steady) | samples/s | tokens/s | wall s | peak RSS MB |")
+    print("| trainer | s/step (steady) | samples/s | tokens/s | wall s | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for name, r in (("TRL KTOTrainer 1.16", trl), ("edge-kto", ours)):
         print(f"| {name} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")

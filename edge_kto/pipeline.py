@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .jsonl import write_atomic, write_json_atomic
-from .teacher.base import SamplingParams, TeacherConfig
+from .teacher.base import TeacherConfig
 
 
 @dataclass

@@ -4,7 +4,6 @@ builder), the parity of what the artifacts compute, atomicity, and SmolLM2 for r
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 

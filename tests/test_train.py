@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import free_port, write_jsonl
-from edge_kto.train import TrainConfig, TrainDataError, run_train
+from edge_kto.train import TrainConfig, run_train
 from edge_kto.train.recipe import finish_training, setup_training, train_loop
 
 

@@ -9,11 +9,11 @@ garbage for SmolLM2, so we never go through it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from edge_kto_runtime.chat import render_chat
 
 from ..models.loader import gguf_path
 from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
-from edge_kto_runtime.chat import render_chat
 
 
 class LlamaCppTeacher(Teacher):

@@ -85,8 +85,8 @@ def _task_fingerprint(task_dir: str) -> str:
 class Runner:
     """Runs stages with caching by key; remembers each stage's folder for the ones after it."""
 
-    def __init__(self, out: Path, progress: bool = True):
-        self.out, self.progress = out, progress
+    def __init__(self, out: Path):
+        self.out = out
         self.runs: dict[str, StageRun] = {}
 
     def stage(self, name: str, config: Any, deps: list[str], fn: Callable[[Path, bool], dict[str, Any]]) -> StageRun:
@@ -114,21 +114,21 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "pipeline.json", asdict(cfg))
-    r = Runner(out, progress)
+    r = Runner(out)
     task_fp = _task_fingerprint(cfg.task)
     teacher = asdict(cfg.teacher)
     r.stage("generate", {"task": task_fp, "teacher": teacher, "gen": cfg.generate, "limit": cfg.limit}, [],
-            lambda d, _: stages.generate(cfg, d, "train", cfg.generate))
+            lambda d, _: stages.generate(cfg, d, "train", cfg.generate, progress))
     r.stage("generate_eval", {"task": task_fp, "teacher": teacher, "gen": cfg.generate_eval, "limit": cfg.limit}, [],
-            lambda d, _: stages.generate(cfg, d, "eval", cfg.generate_eval))
+            lambda d, _: stages.generate(cfg, d, "eval", cfg.generate_eval, progress))
     r.stage("label", {"label": cfg.label, "student": cfg.student}, ["generate"],
-            lambda d, _: stages.label(cfg, d, r.runs["generate"].dir, on_policy=True))
+            lambda d, _: stages.label(cfg, d, r.runs["generate"].dir, on_policy=True, progress=progress))
     r.stage("label_eval", {"student": cfg.student}, ["generate_eval"],
-            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, on_policy=False))
+            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, on_policy=False, progress=progress))
     r.stage("train", {"train": cfg.train, "student": cfg.student}, ["label"],
-            lambda d, resumed: stages.train(cfg, d, r.runs["label"].dir, resumed))
+            lambda d, resumed: stages.train(cfg, d, r.runs["label"].dir, resumed, progress))
     r.stage("export", {"export": cfg.export}, ["train", "label_eval"],
-            lambda d, _: stages.export(cfg, d, r.runs["train"].dir, r.runs["label_eval"].dir))
+            lambda d, _: stages.export(cfg, d, r.runs["train"].dir, r.runs["label_eval"].dir, progress))
     r.stage("evaluate", {"evaluate": cfg.evaluate, "task": task_fp, "teacher": teacher, "limit": cfg.limit},
             ["export"], lambda d, _: stages.evaluate(cfg, d, r.runs["train"].dir, r.runs["export"].dir))
     r.stage("bench", {"bench": cfg.bench, "teacher": teacher}, ["export"],

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import read_task
-from .jsonl import write_jsonl_atomic
+from .jsonl import write_atomic, write_jsonl_atomic
 from .teacher.base import SamplingParams, TeacherConfig
 
 
@@ -20,15 +20,15 @@ def _sampling(g: dict[str, Any]) -> SamplingParams:
     return SamplingParams(**{k: g[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "seed") if k in g})
 
 
-def generate(cfg: Any, d: Path, split: str, g: dict[str, Any]) -> dict[str, Any]:
+def generate(cfg: Any, d: Path, split: str, g: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     from .generate import GenerateConfig, run_generate
 
     res = run_generate(GenerateConfig(prompts=cfg.task, out=str(d / "candidates.jsonl"), teacher=cfg.teacher,
-                                      sampling=_sampling(g), split=split, limit=cfg.limit))
+                                      sampling=_sampling(g), split=split, limit=cfg.limit, progress=progress))
     return {"prompts": res.prompts, "written": res.written, "resumed_skipped": res.skipped, "seconds": res.seconds}
 
 
-def label(cfg: Any, d: Path, gen_dir: Path, on_policy: bool) -> dict[str, Any]:
+def label(cfg: Any, d: Path, gen_dir: Path, on_policy: bool, progress: bool = True) -> dict[str, Any]:
     from .label import LabelConfig, OnPolicyConfig, run_label
 
     lab = cfg.label
@@ -36,11 +36,12 @@ def label(cfg: Any, d: Path, gen_dir: Path, on_policy: bool) -> dict[str, Any]:
     if on_policy and lab.get("student_samples", 0) > 0:
         op = OnPolicyConfig(cfg.student, SamplingParams(n=lab["student_samples"], temperature=lab.get("student_temperature", 0.8),
                                                         max_new_tokens=cfg.generate.get("max_new_tokens", 128)))
-    res = run_label(LabelConfig(candidates=str(gen_dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op))
+    res = run_label(LabelConfig(candidates=str(gen_dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op,
+                                progress=progress))
     return res.summary
 
 
-def train(cfg: Any, d: Path, label_dir: Path, resumed: bool) -> dict[str, Any]:
+def train(cfg: Any, d: Path, label_dir: Path, resumed: bool, progress: bool = True) -> dict[str, Any]:
     from .train import TrainConfig, run_train
 
     run = d / "run"
@@ -48,11 +49,11 @@ def train(cfg: Any, d: Path, label_dir: Path, resumed: bool) -> dict[str, Any]:
         return json.loads((run / "train_report.json").read_text())
     tc = TrainConfig.from_dict({**cfg.train, "data": str(label_dir / "kto.jsonl"), "model": cfg.student, "out": str(run)})
     has_ckpt = any((run / "checkpoints").glob("step-*")) if run.exists() else False
-    res = run_train(tc, resume=has_ckpt, force=not has_ckpt)
+    res = run_train(tc, resume=has_ckpt, force=not has_ckpt, progress=progress)
     return res.report
 
 
-def export(cfg: Any, d: Path, train_dir: Path, label_eval_dir: Path) -> dict[str, Any]:
+def export(cfg: Any, d: Path, train_dir: Path, label_eval_dir: Path, progress: bool = True) -> dict[str, Any]:
     from .export import ExportConfig, run_export
 
     task = read_task(cfg.task)
@@ -61,7 +62,7 @@ def export(cfg: Any, d: Path, train_dir: Path, label_eval_dir: Path) -> dict[str
         golden = Path(cfg.task)
     ec = ExportConfig(**{"golden_verifier": task.verifier, **cfg.export, "source": str(train_dir / "run"),
                          "out": str(d / "bundle"), "golden_data": str(golden), "force": True})
-    res = run_export(ec)
+    res = run_export(ec, progress=progress)
     return {"bundle": str(res.bundle), "timings": res.timings, "alignment": res.manifest.get("alignment"),
             "artifacts": [{k: a.get(k) for k in ("path", "quant", "bytes", "bits_per_weight")} for a in res.manifest["artifacts"]]}
 
@@ -100,6 +101,7 @@ def _teacher_latency(cfg: Any, runs: int, warmup: int, n_gen: int) -> dict[str, 
         return None
     import time
 
+    from edge_kto_runtime.backends import physical_cores
     from edge_kto_runtime.backends.llamacpp import LlamaCppBackend
     from edge_kto_runtime.chat import render_chat
     from edge_kto_runtime.stats import summarize
@@ -109,7 +111,7 @@ def _teacher_latency(cfg: Any, runs: int, warmup: int, n_gen: int) -> dict[str, 
 
     task = _task(cfg)
     path = gguf_path(cfg.teacher.model)
-    be = LlamaCppBackend(path, n_ctx=cfg.teacher.n_ctx, n_threads=cfg.teacher.n_threads or 2)
+    be = LlamaCppBackend(path, n_ctx=cfg.teacher.n_ctx, n_threads=cfg.teacher.n_threads or physical_cores())
     meta = be.llm.metadata
     template = meta.get("tokenizer.chat_template", "")
     ttft, e2e = [], []
@@ -137,8 +139,8 @@ def bench(cfg: Any, d: Path, export_dir: Path) -> dict[str, Any]:
     rep = run_bench(BenchConfig(bundle=str(export_dir / "bundle"), compare=True, runs=b.get("runs", 100),
                                 warmup=b.get("warmup", 5), n_prompt=b.get("n_prompt", 128), n_gen=b.get("n_gen", 64),
                                 threads=b.get("threads")), progress=False)
-    (d / "bench.json").write_text(json.dumps(rep, indent=2))
-    (d / "bench.md").write_text(markdown(rep))
+    write_atomic(d / "bench.json", json.dumps(rep, indent=2))
+    write_atomic(d / "bench.md", markdown(rep))
     plot(rep, d / "bench.png")
     teacher = _teacher_latency(cfg, max(5, b.get("runs", 100) // 5), 1, b.get("n_gen", 64)) if b.get("teacher", True) else None
     return {"artifacts": {r["artifact"]: {"ttft_s": r["ttft_s"], "e2e_s": r["e2e_s"], "bytes": r["bytes"]} for r in rep["results"]},

@@ -69,7 +69,7 @@ def test_label_with_task_verifier_writes_rows_and_summary(tmp_path):
 def test_user_callable_verifier(tmp_path, monkeypatch):
     (tmp_path / "my_rules.py").write_text("def starts_with_reset(completion, reference):\n    return completion.startswith('Reset')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    res = run_label(LabelConfig(candidates=str(_cands(tmp_path)), out=str(tmp_path / "k.jsonl"),
+    run_label(LabelConfig(candidates=str(_cands(tmp_path)), out=str(tmp_path / "k.jsonl"),
                                 verifier="my_rules:starts_with_reset", progress=False))
     rows = [json.loads(x) for x in (tmp_path / "k.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == [True, False, False, False, False]

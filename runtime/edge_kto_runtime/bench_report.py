@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -63,8 +64,4 @@ def plot(report: dict[str, Any], out: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, buf.getvalue())

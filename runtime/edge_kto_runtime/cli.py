@@ -117,11 +117,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if not a.bundle:
             raise ValueError("bench needs a BUNDLE (or --url)")
         report = run_bench(cfg, progress=not a.quiet)
+    from .atomic import write_atomic
+
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    write_atomic(out / "bench.json", json.dumps(report, indent=2))
     md = markdown(report)
-    (out / "bench.md").write_text(md)
+    write_atomic(out / "bench.md", md)
     try:
         plot(report, out / "bench.png")
     except ImportError:

@@ -9,13 +9,13 @@ format ``edge-kto train`` reads, so the deployed student's thumbs become the nex
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -90,16 +90,7 @@ class FeedbackStore:
         """
         rated = self.rows()
         rows = [r for r in rated if r["completion"].strip()]
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return len(rows), len(rated) - len(rows)
 
     def close(self) -> None:

@@ -48,6 +48,10 @@ class StreamEvent:
     t: float  # seconds since the request started
 
 
+def _is_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
+
+
 def _open_backend(art: Artifact, path: Path, n_ctx: int, n_threads: int) -> Backend:
     if art.backend == "llama.cpp":
         from .backends.llamacpp import LlamaCppBackend
@@ -130,6 +134,10 @@ class EdgeModel:
         text = self.render(prompt) if isinstance(prompt, list) else prompt
         return self.backend.tokenize(text)
 
+    def ids(self, prompt: Prompt | list[int]) -> list[int]:
+        """Token ids as given, or encoded from messages / raw text."""
+        return list(prompt) if _is_ids(prompt) else self.encode(prompt)  # type: ignore[arg-type]
+
     def _completion_ids(self, messages: Messages, prompt_ids: list[int], completion: str) -> list[int]:
         full = self.backend.tokenize(self.render(messages + [{"role": "assistant", "content": completion}], False))
         return full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else self.backend.tokenize(completion)
@@ -140,7 +148,7 @@ class EdgeModel:
                       top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
                       ignore_eos: bool = False, truncate: bool = False) -> Iterator[StreamEvent]:
         """Token by token: text pieces that are complete characters, never a stop string's prefix."""
-        ids = list(prompt) if prompt and isinstance(prompt, list) and isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        ids = self.ids(prompt)
         max_new = int(max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", 256))
         temp = float(temperature if temperature is not None else self.defaults.get("temperature", 0.0))
         room = self.backend.n_ctx - len(ids)
@@ -179,7 +187,7 @@ class EdgeModel:
 
     def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:
         rid = kw.pop("request_id", None) or uuid.uuid4().hex
-        ids = list(prompt) if prompt and isinstance(prompt, list) and isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        ids = self.ids(prompt)
         t0 = time.perf_counter()
         text, toks, times = [], [], []
         max_new = kw.get("max_new_tokens") or self.defaults.get("max_new_tokens", 256)
@@ -191,7 +199,7 @@ class EdgeModel:
         total = time.perf_counter() - t0
         reason = "length" if len(toks) >= max_new else "stop"
         out = Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
-        if self.feedback_store is not None and not (prompt and isinstance(prompt[0], int)):  # type: ignore[index]
+        if self.feedback_store is not None and not _is_ids(prompt):
             self.feedback_store.log_completion(rid, prompt, out.text, str(self.bundle.manifest.get("name")))
         return out
 

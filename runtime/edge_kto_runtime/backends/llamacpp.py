@@ -107,9 +107,9 @@ class LlamaCppBackend:
 
         self.reset()
         self.llm.eval(ids)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(pickle.dumps(self.llm.save_state()))
-        tmp.replace(path)
+        from ..atomic import write_atomic
+
+        write_atomic(path, pickle.dumps(self.llm.save_state()))
 
     def load_prefix(self, path: Path) -> int:
         """Restore a persisted KV state; returns how many prompt tokens it covers."""

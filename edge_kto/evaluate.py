@@ -32,7 +32,8 @@ class EvalResult:
                 "seconds": round(self.seconds, 2)}
 
 
-def _score(name: str, task: Task, answers: list[str], seconds: float) -> EvalResult:
+def score_answers(name: str, task: Task, answers: list[str], seconds: float) -> EvalResult:
+    """Verify ``answers`` (one per eval item, in order) with the task's verifier."""
     verify = get_verifier(task.verifier)
     outs = [{"id": it.id, "answer": a, "correct": bool(verify(a, it.reference))} for it, a in zip(task.eval, answers)]
     correct = sum(o["correct"] for o in outs)
@@ -50,7 +51,7 @@ def eval_teacher(name: str, cfg: TeacherConfig, task: Task, with_context: bool, 
         answers = [texts[0] for texts in teacher.generate(reqs, sp)]
     finally:
         teacher.close()
-    return _score(name, task, answers, time.perf_counter() - t0)
+    return score_answers(name, task, answers, time.perf_counter() - t0)
 
 
 def eval_artifact(name: str, bundle: str, artifact: str, task: Task, max_new_tokens: int = 128,
@@ -61,4 +62,4 @@ def eval_artifact(name: str, bundle: str, artifact: str, task: Task, max_new_tok
     with load(bundle, artifact=artifact, n_threads=n_threads, verify=False) as m:
         answers = [m.chat(to_messages(it.prompt, task.system), max_new_tokens=max_new_tokens, temperature=0.0)
                    for it in task.eval]
-    return _score(name, task, answers, time.perf_counter() - t0)
+    return score_answers(name, task, answers, time.perf_counter() - t0)

@@ -130,7 +130,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     r.stage("export", {"export": cfg.export}, ["train", "label_eval"],
             lambda d, _: stages.export(cfg, d, r.runs["train"].dir, r.runs["label_eval"].dir, progress))
     r.stage("evaluate", {"evaluate": cfg.evaluate, "task": task_fp, "teacher": teacher, "limit": cfg.limit},
-            ["export"], lambda d, _: stages.evaluate(cfg, d, r.runs["train"].dir, r.runs["export"].dir))
+            ["export", "generate_eval"],
+            lambda d, _: stages.evaluate(cfg, d, r.runs["train"].dir, r.runs["export"].dir, r.runs["generate_eval"]))
     r.stage("bench", {"bench": cfg.bench, "teacher": teacher}, ["export"],
             lambda d, _: stages.bench(cfg, d, r.runs["export"].dir))
     report = stages.report(cfg, r.runs)

@@ -74,7 +74,27 @@ def _task(cfg: Any):
     return task
 
 
-def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path) -> dict[str, Any]:
+def _teacher_from_generate_eval(cfg: Any, gen_eval: Any, task: Any, max_new_tokens: int):
+    """The teacher's greedy eval answers, when generate_eval already wrote exactly those.
+
+    With ``generate_eval: {n: 1, temperature: 0}`` and the same token budget, generate_eval ran the
+    very decode the teacher's accuracy needs; scoring its output saves the slowest model a second
+    pass over the eval split. Returns None when the settings differ.
+    """
+    from .evaluate import score_answers
+    from .jsonl import iter_jsonl
+
+    g = cfg.generate_eval
+    if g.get("n", 1) != 1 or g.get("temperature", 1.0) > 0 or g.get("max_new_tokens") != max_new_tokens:
+        return None
+    by_id = {row["prompt_id"]: row["completion"] for _, row in iter_jsonl(gen_eval.dir / "candidates.jsonl")}
+    if any(it.id not in by_id for it in task.eval):
+        return None
+    seconds = gen_eval.seconds or json.loads((gen_eval.dir / "done.json").read_text()).get("seconds", 0.0)
+    return score_answers("teacher (with context)", task, [by_id[it.id] for it in task.eval], seconds)
+
+
+def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path, gen_eval: Any) -> dict[str, Any]:
     from edge_kto_runtime import open_bundle
 
     from .evaluate import eval_artifact, eval_teacher
@@ -83,7 +103,8 @@ def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path) -> dict[str, 
     mx = e.get("max_new_tokens", 128)
     results = []
     if e.get("teacher", True):
-        results.append(eval_teacher("teacher (with context)", cfg.teacher, task, with_context=True, max_new_tokens=mx))
+        results.append(_teacher_from_generate_eval(cfg, gen_eval, task, mx)
+                       or eval_teacher("teacher (with context)", cfg.teacher, task, with_context=True, max_new_tokens=mx))
     if e.get("student_before", True):
         results.append(eval_teacher("student before", TeacherConfig(kind="hf", model=cfg.student), task, False, mx))
     results.append(eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(train_dir / "run" / "model")),
@@ -142,7 +163,7 @@ def bench(cfg: Any, d: Path, export_dir: Path) -> dict[str, Any]:
     write_atomic(d / "bench.json", json.dumps(rep, indent=2))
     write_atomic(d / "bench.md", markdown(rep))
     plot(rep, d / "bench.png")
-    teacher = _teacher_latency(cfg, max(5, b.get("runs", 100) // 5), 1, b.get("n_gen", 64)) if b.get("teacher", True) else None
+    teacher = _teacher_latency(cfg, b.get("teacher_runs", 10), 1, b.get("n_gen", 64)) if b.get("teacher", True) else None
     return {"artifacts": {r["artifact"]: {"ttft_s": r["ttft_s"], "e2e_s": r["e2e_s"], "bytes": r["bytes"]} for r in rep["results"]},
             "teacher": teacher}
 

@@ -38,3 +38,20 @@ def test_feedback_export_writes_the_shared_rows_byte_for_byte(tmp_path):
     assert store.export_kto(out) == (2, 0)
     store.close()
     assert out.read_text(encoding="utf-8").splitlines() == want
+
+
+def test_chat_render_fixture_is_what_the_runtime_renders():
+    """The Android core's ChatMl is tested against these texts; they must stay the runtime's."""
+    from edge_kto_runtime.chat import render_chat
+
+    doc = json.loads((FIXTURES / "chat_render.json").read_text(encoding="utf-8"))
+    assert len(doc["cases"]) == 8
+    for case in doc["cases"]:
+        assert render_chat(doc["templates"][case["template"]], case["messages"], True) == case["text"], case["conversation"]
+
+
+def test_feedback_schema_fixture_is_the_runtime_schema():
+    """The Android app creates its feedback database from the same SQL (android_demo/core FeedbackSchema)."""
+    from edge_kto_runtime.feedback import SCHEMA
+
+    assert (FIXTURES / "feedback_schema.sql").read_text(encoding="utf-8") == SCHEMA.strip() + "\n"

@@ -13,4 +13,4 @@ OUT="$HERE/build"
 rm -rf "$OUT" && mkdir -p "$OUT/main" "$OUT/test"
 javac -Xlint:all -Werror --release 17 -d "$OUT/main" $(find "$HERE/src/main/java" -name '*.java')
 javac --release 17 -cp "$OUT/main:$JUNIT" -d "$OUT/test" $(find "$HERE/src/test/java" -name '*.java')
-java -Dfixtures="$ROOT/tests/fixtures" -cp "$OUT/main:$OUT/test:$JUNIT:$HAMCREST" org.junit.runner.JUnitCore dev.edgekto.core.CoreTest
+java -Dfixtures="$ROOT/tests/fixtures" -cp "$OUT/main:$OUT/test:$JUNIT:$HAMCREST" org.junit.runner.JUnitCore dev.edgekto.core.CoreTest dev.edgekto.core.ChatAndStreamTest dev.edgekto.core.ZipAndSchemaTest

@@ -59,12 +59,12 @@ class LlamaCppBackend:
         llm._ctx.kv_cache_seq_rm(-1, cached, -1)
         llm.eval(ids[cached:])
         if temperature <= 0:  # greedy: argmax over the logits, no sampler chain (the bare loop's cost)
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
                 logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
                 tok = int(logits.argmax())
                 yield tok
-                if llm.n_tokens + 1 >= self.n_ctx:
-                    break
+                if i + 1 == max_new_tokens or llm.n_tokens + 1 >= self.n_ctx:
+                    break  # no decode of the last token: nothing reads its logits
                 llm.eval([tok])
             return
         gen = llm.generate([], temp=temperature, top_p=top_p, top_k=top_k, min_p=0.0, repeat_penalty=1.0, reset=False)

@@ -1,0 +1,96 @@
+package dev.edgekto.demo;
+
+import android.content.ContentValues;
+import android.content.Context;
+import android.database.Cursor;
+import android.database.sqlite.SQLiteDatabase;
+import android.database.sqlite.SQLiteOpenHelper;
+import dev.edgekto.core.FeedbackRecord;
+import dev.edgekto.core.FeedbackSchema;
+import dev.edgekto.core.Json;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Thumbs on the phone, in the runtime's feedback schema (FeedbackSchema), exported as the KTO
+ * JSONL rows `edge-runtime feedback export` writes and `edge-kto train` reads.
+ */
+final class FeedbackDb extends SQLiteOpenHelper {
+    FeedbackDb(Context ctx) {
+        super(ctx, "feedback.sqlite", null, 1);
+        setWriteAheadLoggingEnabled(true);
+    }
+
+    @Override
+    public void onConfigure(SQLiteDatabase db) {
+        db.execSQL("PRAGMA synchronous=FULL"); // a rating survives the app being killed right after the tap
+    }
+
+    @Override
+    public void onCreate(SQLiteDatabase db) {
+        for (String sql : FeedbackSchema.STATEMENTS) db.execSQL(sql);
+    }
+
+    @Override
+    public void onUpgrade(SQLiteDatabase db, int oldVersion, int newVersion) {}
+
+    static double now() {
+        return System.currentTimeMillis() / 1000.0;
+    }
+
+    void logCompletion(String requestId, List<String[]> messages, String completion, String model) {
+        List<Object> prompt = new ArrayList<>();
+        for (String[] m : messages) {
+            Map<String, Object> msg = new LinkedHashMap<>();
+            msg.put("role", m[0]);
+            msg.put("content", m[1]);
+            prompt.add(msg);
+        }
+        ContentValues v = new ContentValues();
+        v.put("request_id", requestId);
+        v.put("created", now());
+        v.put("model", model);
+        v.put("prompt", Json.write(prompt));
+        v.put("completion", completion);
+        getWritableDatabase().insertWithOnConflict("completions", null, v, SQLiteDatabase.CONFLICT_REPLACE);
+    }
+
+    void rate(String requestId, boolean good) {
+        ContentValues v = new ContentValues();
+        v.put("request_id", requestId);
+        v.put("good", good ? 1 : 0);
+        v.put("created", now());
+        getWritableDatabase().insertWithOnConflict("feedback", null, v, SQLiteDatabase.CONFLICT_REPLACE);
+    }
+
+    /** Rated rows as KTO JSONL; returns {written, skipped blank completions}. */
+    @SuppressWarnings("unchecked")
+    int[] exportKto(OutputStream out) throws IOException {
+        int written = 0, blank = 0;
+        try (Cursor c = getReadableDatabase().rawQuery(FeedbackSchema.RATED_ROWS, null)) {
+            while (c.moveToNext()) {
+                List<String[]> msgs = new ArrayList<>();
+                for (Object o : (List<Object>) Json.parse(c.getString(1))) {
+                    Map<String, Object> m = (Map<String, Object>) o;
+                    msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
+                }
+                String completion = c.getString(2);
+                if (completion == null || completion.trim().isEmpty()) {
+                    blank++;
+                    continue;
+                }
+                FeedbackRecord r = new FeedbackRecord(c.getString(0), msgs, completion, c.getInt(3) == 1,
+                        c.isNull(4) ? null : c.getString(4), c.isNull(5) ? null : c.getString(5));
+                out.write((r.toJsonLine() + "\n").getBytes(StandardCharsets.UTF_8));
+                written++;
+            }
+        }
+        out.flush();
+        return new int[] {written, blank};
+    }
+}

@@ -123,8 +123,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
             lambda d, _: stages.generate(cfg, d, "eval", cfg.generate_eval, progress))
     r.stage("label", {"label": cfg.label, "student": cfg.student}, ["generate"],
             lambda d, _: stages.label(cfg, d, r.runs["generate"].dir, on_policy=True, progress=progress))
-    r.stage("label_eval", {"student": cfg.student}, ["generate_eval"],
-            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, on_policy=False, progress=progress))
+    # The golden set's preference pairs: the teacher's eval answers plus the student's own, labelled
+    # by the verifier (a greedy teacher alone gives one answer per prompt, hence no pairs).
+    r.stage("label_eval", {"label": cfg.label, "student": cfg.student}, ["generate_eval"],
+            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, on_policy=True, progress=progress))
     r.stage("train", {"train": cfg.train, "student": cfg.student}, ["label"],
             lambda d, resumed: stages.train(cfg, d, r.runs["label"].dir, resumed, progress))
     r.stage("export", {"export": cfg.export}, ["train", "label_eval"],

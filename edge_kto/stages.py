@@ -204,8 +204,11 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         if a is not None and fp:
             ret.append(f"{q} / fp student: {a / fp:.1%}")
     align = exp.get("alignment") or {}
-    gate = ", ".join(f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, pref {v['pref_agree'] if v['pref_agree'] is not None else float('nan'):.1%})"
-                     for k, v in (align.get("per_artifact") or {}).items())
+    def pref(v: dict[str, Any]) -> str:
+        return f"{v['pref_agree']:.1%} of {v['pairs']} pairs" if v.get("pref_agree") is not None else "no pairs"
+
+    gate = ", ".join(f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
+                     f"pref {pref(v)})" for k, v in (align.get("per_artifact") or {}).items())
     tr = runs["train"].result.get("final", {})
     md = (f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student `{cfg.student}`, "
           f"task `{Path(cfg.task).name}`\n\n" + "\n".join(lines) + "\n\n" + ("; ".join(ret) + "\n\n" if ret else "")

@@ -94,7 +94,8 @@ class Runner:
         d = self.out / "stages" / f"{name}-{key}"
         done = d / "done.json"
         if done.is_file():
-            run = StageRun(name, d, key, True, 0.0, json.loads(done.read_text())["result"])
+            rec = json.loads(done.read_text())
+            run = StageRun(name, d, key, True, rec.get("seconds", 0.0), rec["result"])  # seconds: when it ran
             print(f"[{name}] cached ({d})", flush=True)
         else:
             resumed = d.exists()
@@ -122,11 +123,12 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     r.stage("generate_eval", {"task": task_fp, "teacher": teacher, "gen": cfg.generate_eval, "limit": cfg.limit}, [],
             lambda d, _: stages.generate(cfg, d, "eval", cfg.generate_eval, progress))
     r.stage("label", {"label": cfg.label, "student": cfg.student}, ["generate"],
-            lambda d, _: stages.label(cfg, d, r.runs["generate"].dir, on_policy=True, progress=progress))
+            lambda d, _: stages.label(cfg, d, r.runs["generate"].dir, cfg.label.get("student_samples", 0), progress))
     # The golden set's preference pairs: the teacher's eval answers plus the student's own, labelled
     # by the verifier (a greedy teacher alone gives one answer per prompt, hence no pairs).
     r.stage("label_eval", {"label": cfg.label, "student": cfg.student}, ["generate_eval"],
-            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, on_policy=True, progress=progress))
+            lambda d, _: stages.label(cfg, d, r.runs["generate_eval"].dir, cfg.label.get("eval_student_samples", 1),
+                                      progress))
     r.stage("train", {"train": cfg.train, "student": cfg.student}, ["label"],
             lambda d, resumed: stages.train(cfg, d, r.runs["label"].dir, resumed, progress))
     r.stage("export", {"export": cfg.export}, ["train", "label_eval"],

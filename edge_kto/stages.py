@@ -28,13 +28,13 @@ def generate(cfg: Any, d: Path, split: str, g: dict[str, Any], progress: bool = 
     return {"prompts": res.prompts, "written": res.written, "resumed_skipped": res.skipped, "seconds": res.seconds}
 
 
-def label(cfg: Any, d: Path, gen_dir: Path, on_policy: bool, progress: bool = True) -> dict[str, Any]:
+def label(cfg: Any, d: Path, gen_dir: Path, student_samples: int, progress: bool = True) -> dict[str, Any]:
+    """Verifier labels for the teacher's answers, plus ``student_samples`` of the student's own per prompt."""
     from .label import LabelConfig, OnPolicyConfig, run_label
 
-    lab = cfg.label
     op = None
-    if on_policy and lab.get("student_samples", 0) > 0:
-        op = OnPolicyConfig(cfg.student, SamplingParams(n=lab["student_samples"], temperature=lab.get("student_temperature", 0.8),
+    if student_samples > 0:
+        op = OnPolicyConfig(cfg.student, SamplingParams(n=student_samples, temperature=cfg.label.get("student_temperature", 0.8),
                                                         max_new_tokens=cfg.generate.get("max_new_tokens", 128)))
     res = run_label(LabelConfig(candidates=str(gen_dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op,
                                 progress=progress))
@@ -90,8 +90,7 @@ def _teacher_from_generate_eval(cfg: Any, gen_eval: Any, task: Any, max_new_toke
     by_id = {row["prompt_id"]: row["completion"] for _, row in iter_jsonl(gen_eval.dir / "candidates.jsonl")}
     if any(it.id not in by_id for it in task.eval):
         return None
-    seconds = gen_eval.seconds or json.loads((gen_eval.dir / "done.json").read_text()).get("seconds", 0.0)
-    return score_answers("teacher (with context)", task, [by_id[it.id] for it in task.eval], seconds)
+    return score_answers("teacher (with context)", task, [by_id[it.id] for it in task.eval], gen_eval.seconds)
 
 
 def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path, gen_eval: Any) -> dict[str, Any]:
@@ -184,6 +183,8 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         size = f"{x['bytes'] / 1e6:.0f} MB" if x.get("bytes") else "-"
         return f"{1e3 * t['p50']:.0f} / {1e3 * t['p99']:.0f} ms", f"{1e3 * e['p99']:.0f} ms", size
 
+    weights = list((runs["train"].dir / "run" / "model").glob("*.safetensors"))
+    fp_size = f"{sum(w.stat().st_size for w in weights) / 1e6:.0f} MB (fp32)" if weights else "-"
     lines = ["| | accuracy (eval) | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
     rows = []
     for name, r in ev.items():
@@ -191,9 +192,14 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         if name.startswith("student after, "):
             key = paths.get(name[len("student after, "):])
         ttft, e2e, size = lat(key)
-        rows.append({"name": name, "accuracy": r["accuracy"], "correct": r["correct"], "total": r["total"], "ttft": ttft,
-                     "e2e_p99": e2e, "size": size})
-        lines.append(f"| {name} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}) | {ttft} | {e2e} | {size} |")
+        if name.startswith("student") and key is None:  # the fp32 transformers model (not benchmarked: not shipped)
+            size = fp_size
+        shown = name
+        if key and key != "teacher":  # "student after, Q4_K_M" -> "student after, GGUF Q4_K_M"
+            shown = f"student after, {'GGUF' if key.endswith('.gguf') else 'ONNX'} {name[len('student after, '):]}"
+        rows.append({"name": name, "label": shown, "accuracy": r["accuracy"], "correct": r["correct"], "total": r["total"],
+                     "ttft": ttft, "e2e_p99": e2e, "size": size})
+        lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}) | {ttft} | {e2e} | {size} |")
     acc = {r["name"]: r["accuracy"] for r in rows}
     teacher, fp = acc.get("teacher (with context)"), acc.get("student after KTO (fp)")
     ret = []
@@ -204,6 +210,7 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         if a is not None and fp:
             ret.append(f"{q} / fp student: {a / fp:.1%}")
     align = exp.get("alignment") or {}
+
     def pref(v: dict[str, Any]) -> str:
         return f"{v['pref_agree']:.1%} of {v['pairs']} pairs" if v.get("pref_agree") is not None else "no pairs"
 
@@ -214,7 +221,7 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
           f"task `{Path(cfg.task).name}`\n\n" + "\n".join(lines) + "\n\n" + ("; ".join(ret) + "\n\n" if ret else "")
           + f"alignment gate: {gate or 'not run'}\n\ntraining: final loss {tr.get('loss', float('nan')):.4f}, "
           f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
-          + ", ".join(f"{n} {'cached' if s.skipped else f'{s.seconds:.0f} s'}" for n, s in runs.items()) + "\n")
+          + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items()) + "\n")
     return {"rows": rows, "retention": ret, "alignment": align, "train": runs["train"].result,
             "stages": {n: {"dir": str(s.dir), "cached": s.skipped, "seconds": s.seconds} for n, s in runs.items()},
             "markdown": md}

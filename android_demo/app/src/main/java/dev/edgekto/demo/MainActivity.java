@@ -48,7 +48,7 @@ public class MainActivity extends Activity {
     private final List<String[]> conversation = new ArrayList<>();
     private Settings settings;
     private FeedbackDb feedback;
-    private BundleRepository.Loaded loaded;
+    private volatile BundleRepository.Loaded loaded; // set on the worker, read on the UI thread
     private int loadedVersion = -1;
     private volatile boolean stopRequested;
     private boolean generating;

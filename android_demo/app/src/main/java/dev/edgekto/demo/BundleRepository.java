@@ -5,6 +5,7 @@ import dev.edgekto.core.BundleVerifier;
 import dev.edgekto.core.BundleVerifier.BundleException;
 import dev.edgekto.core.BundleZip;
 import dev.edgekto.core.ChatEngine;
+import dev.edgekto.core.ChatMl;
 import dev.edgekto.core.Json;
 import dev.edgekto.llama.LlamaChat;
 import dev.edgekto.llama.LlamaEngine;
@@ -156,11 +157,7 @@ final class BundleRepository {
     @SuppressWarnings("unchecked")
     private static void checkPromptIds(LlamaChat chat, List<Map<String, Object>> golden) throws BundleException {
         for (Map<String, Object> row : golden) {
-            List<String[]> msgs = new ArrayList<>();
-            for (Object o : (List<Object>) row.get("messages")) {
-                Map<String, Object> m = (Map<String, Object>) o;
-                msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
-            }
+            List<String[]> msgs = ChatMl.messagesFromJson(row.get("messages"));
             List<Object> want = (List<Object>) row.get("prompt_ids");
             int[] got = chat.promptIds(msgs);
             int i = 0;

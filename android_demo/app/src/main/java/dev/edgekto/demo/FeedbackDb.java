@@ -5,16 +5,14 @@ import android.content.Context;
 import android.database.Cursor;
 import android.database.sqlite.SQLiteDatabase;
 import android.database.sqlite.SQLiteOpenHelper;
+import dev.edgekto.core.ChatMl;
 import dev.edgekto.core.FeedbackRecord;
 import dev.edgekto.core.FeedbackSchema;
 import dev.edgekto.core.Json;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
 
 /**
  * Thumbs on the phone, in the runtime's feedback schema (FeedbackSchema), exported as the KTO
@@ -44,18 +42,11 @@ final class FeedbackDb extends SQLiteOpenHelper {
     }
 
     void logCompletion(String requestId, List<String[]> messages, String completion, String model) {
-        List<Object> prompt = new ArrayList<>();
-        for (String[] m : messages) {
-            Map<String, Object> msg = new LinkedHashMap<>();
-            msg.put("role", m[0]);
-            msg.put("content", m[1]);
-            prompt.add(msg);
-        }
         ContentValues v = new ContentValues();
         v.put("request_id", requestId);
         v.put("created", now());
         v.put("model", model);
-        v.put("prompt", Json.write(prompt));
+        v.put("prompt", Json.write(ChatMl.messagesToJson(messages)));
         v.put("completion", completion);
         getWritableDatabase().insertWithOnConflict("completions", null, v, SQLiteDatabase.CONFLICT_REPLACE);
     }
@@ -69,16 +60,11 @@ final class FeedbackDb extends SQLiteOpenHelper {
     }
 
     /** Rated rows as KTO JSONL; returns {written, skipped blank completions}. */
-    @SuppressWarnings("unchecked")
     int[] exportKto(OutputStream out) throws IOException {
         int written = 0, blank = 0;
         try (Cursor c = getReadableDatabase().rawQuery(FeedbackSchema.RATED_ROWS, null)) {
             while (c.moveToNext()) {
-                List<String[]> msgs = new ArrayList<>();
-                for (Object o : (List<Object>) Json.parse(c.getString(1))) {
-                    Map<String, Object> m = (Map<String, Object>) o;
-                    msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
-                }
+                List<String[]> msgs = ChatMl.messagesFromJson(Json.parse(c.getString(1)));
                 String completion = c.getString(2);
                 if (completion == null || completion.trim().isEmpty()) {
                     blank++;

@@ -1,6 +1,9 @@
 package dev.edgekto.core;
 
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -42,6 +45,29 @@ public final class ChatMl {
         for (String[] m : messages) turn(sb, m[0], m[1]);
         if (addGenerationPrompt) sb.append("<|im_start|>assistant\n");
         return sb.toString();
+    }
+
+    /** Chat messages from parsed JSON ([{"role", "content"}, ...]) as {role, content} pairs. */
+    @SuppressWarnings("unchecked")
+    public static List<String[]> messagesFromJson(Object json) {
+        List<String[]> out = new ArrayList<>();
+        for (Object o : (List<Object>) json) {
+            Map<String, Object> m = (Map<String, Object>) o;
+            out.add(new String[] {(String) m.get("role"), (String) m.get("content")});
+        }
+        return out;
+    }
+
+    /** The inverse: {role, content} pairs as the JSON list the runtime writes (role first). */
+    public static List<Object> messagesToJson(List<String[]> messages) {
+        List<Object> out = new ArrayList<>();
+        for (String[] m : messages) {
+            Map<String, Object> msg = new LinkedHashMap<>();
+            msg.put("role", m[0]);
+            msg.put("content", m[1]);
+            out.add(msg);
+        }
+        return out;
     }
 
     private static void turn(StringBuilder sb, String role, String content) {

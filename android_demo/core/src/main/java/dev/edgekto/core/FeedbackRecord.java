@@ -1,6 +1,5 @@
 package dev.edgekto.core;
 
-import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -32,14 +31,7 @@ public final class FeedbackRecord {
     public String toJsonLine() {
         Map<String, Object> row = new LinkedHashMap<>();
         row.put("id", id);
-        List<Object> prompt = new ArrayList<>();
-        for (String[] m : messages) {
-            Map<String, Object> msg = new LinkedHashMap<>();
-            msg.put("role", m[0]);
-            msg.put("content", m[1]);
-            prompt.add(msg);
-        }
-        row.put("prompt", prompt);
+        row.put("prompt", ChatMl.messagesToJson(messages));
         row.put("completion", completion);
         row.put("label", good);
         row.put("source", "device");
@@ -52,12 +44,7 @@ public final class FeedbackRecord {
     public static FeedbackRecord fromJsonLine(String line) {
         Map<String, Object> row = (Map<String, Object>) Json.parse(line);
         if (!(row.get("label") instanceof Boolean)) throw new IllegalArgumentException("field 'label': must be a JSON boolean");
-        List<String[]> msgs = new ArrayList<>();
-        for (Object o : (List<Object>) row.get("prompt")) {
-            Map<String, Object> m = (Map<String, Object>) o;
-            msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
-        }
-        return new FeedbackRecord((String) row.get("id"), msgs, (String) row.get("completion"), (Boolean) row.get("label"),
+        return new FeedbackRecord((String) row.get("id"), ChatMl.messagesFromJson(row.get("prompt")), (String) row.get("completion"), (Boolean) row.get("label"),
                 (String) row.get("note"), (String) row.get("model"));
     }
 }

@@ -9,7 +9,6 @@ import java.io.File;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
@@ -27,11 +26,7 @@ public class ChatAndStreamTest {
         assertEquals(8, cases.size());
         for (Object o : cases) {
             Map<String, Object> c = (Map<String, Object>) o;
-            List<String[]> msgs = new ArrayList<>();
-            for (Object m : (List<Object>) c.get("messages")) {
-                Map<String, Object> mm = (Map<String, Object>) m;
-                msgs.add(new String[] {(String) mm.get("role"), (String) mm.get("content")});
-            }
+            List<String[]> msgs = ChatMl.messagesFromJson(c.get("messages"));
             ChatMl chat = ChatMl.fromTemplate((String) templates.get(c.get("template")));
             assertEquals(c.get("template") + "/" + c.get("conversation"), c.get("text"), chat.render(msgs, true));
         }

@@ -8,6 +8,7 @@ import static org.junit.Assert.fail;
 
 import dev.edgekto.core.BundleVerifier;
 import dev.edgekto.core.ChatEngine;
+import dev.edgekto.core.ChatMl;
 import dev.edgekto.core.Json;
 import dev.edgekto.core.Utf8Stream;
 import java.io.File;
@@ -60,12 +61,7 @@ public class LlamaHostTest {
     }
 
     static List<String[]> messages(Map<String, Object> c) {
-        List<String[]> msgs = new ArrayList<>();
-        for (Object o : (List<Object>) c.get("messages")) {
-            Map<String, Object> m = (Map<String, Object>) o;
-            msgs.add(new String[] {(String) m.get("role"), (String) m.get("content")});
-        }
-        return msgs;
+        return ChatMl.messagesFromJson(c.get("messages"));
     }
 
     static int[] ints(Object list) {
@@ -131,7 +127,7 @@ public class LlamaHostTest {
         int splitPieces = 0;
         for (int id : ids) {
             byte[] p = engine.piece(id);
-            if (!new String(p, StandardCharsets.UTF_8).equals(new String(p, StandardCharsets.UTF_8).replace("\uFFFD", ""))) splitPieces++;
+            if (new String(p, StandardCharsets.UTF_8).contains("\uFFFD")) splitPieces++; // ends inside a character
             String d = s.push(p);
             assertFalse(d.contains("\uFFFD"));
             out.append(d);

@@ -145,10 +145,19 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise ValueError("export needs SOURCE (a run folder or model) and --out BUNDLE")
     from .check import load_thresholds
 
-    cfg = ExportConfig(source=a.source, out=a.out, gguf=[t for t in a.gguf.split(",") if t], onnx=not a.no_onnx,
-                       onnx_int8_head=not a.onnx_int4_head, golden_data=a.golden_data, golden_limit=a.golden_limit,
-                       golden_verifier=a.verifier, check=not a.no_check, thresholds=load_thresholds(a.thresholds),
-                       name=a.name, force=a.force, zip=a.zip, threads=a.threads)
+    opts = _gguf_options(a)
+    gguf = [{"type": t, **opts} if opts else t for t in a.gguf.split(",") if t]
+    onnx = False if a.no_onnx else {k: v for k, v in (("accuracy_level", a.onnx_accuracy_level), ("algo_config", a.onnx_algo),
+                                                      ("int8_layers", a.onnx_int8_layers or None)) if v is not None}
+    fields = {"gguf": gguf, "onnx": onnx if onnx != {} else True}
+    if a.config:  # candidates and other ExportConfig fields from YAML; flags given explicitly still win
+        import yaml
+
+        fields = {**fields, **(yaml.safe_load(open(a.config, encoding="utf-8")) or {}).get("export", {})}
+    cfg = ExportConfig(source=a.source, out=a.out, **fields, onnx_int8_head=not a.onnx_int4_head, golden_data=a.golden_data,
+                       golden_limit=a.golden_limit, golden_verifier=a.verifier, check=not a.no_check,
+                       thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
+                       select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
     res = run_export(cfg, progress=not a.quiet)
     print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
     for art in res.manifest["artifacts"]:
@@ -156,6 +165,43 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  {art['path']:<24} {art['backend']:<18} {art['quant']:<16} {art['bytes'] / 1e6:8.1f} MB{extra}")
     if res.alignment is not None:
         return _print_alignment(res.alignment)
+    return 0
+
+
+def _gguf_options(a: argparse.Namespace) -> dict:
+    """--imatrix/--tensor-type/... applied to every --gguf type (llama-quantize's flag names)."""
+    opts: dict = {}
+    if a.tensor_type:
+        pairs = [t.split("=", 1) for t in a.tensor_type]
+        bad = [t for t, p in zip(a.tensor_type, pairs) if len(p) != 2 or not p[0] or not p[1]]
+        if bad:
+            raise ValueError(f"--tensor-type {bad[0]!r}: expected REGEX=TYPE, e.g. ffn_down=Q6_K")
+        opts["tensor_types"] = dict(pairs)
+    if a.imatrix:
+        opts["imatrix"] = True
+    for key in ("token_embedding_type", "output_type"):
+        if getattr(a, key):
+            opts[key] = getattr(a, key)
+    if a.pure:
+        opts["pure"] = True
+    return opts
+
+
+FINISH_FLAGS = {"steps": int, "batch_size": int, "lr": float, "kl_weight": float, "ce_weight": float, "max_length": int,
+                "save_steps": int, "seed": int, "threads": int}
+
+
+def cmd_finish(a: argparse.Namespace) -> int:
+    from .finish import FinishConfig, run_finish
+
+    given = {k: getattr(a, k) for k in FINISH_FLAGS if getattr(a, k) is not None}  # FinishConfig holds the defaults
+    cfg = FinishConfig(source=a.source, data=a.data, out=a.out, **given)
+    res = run_finish(cfg, progress=not a.quiet)
+    f = res.final
+    print(f"{res.model_dir}: finished on the {cfg.format} grid in {res.steps} steps ({res.seconds:.1f} s)"
+          + (f", resumed from step {res.resumed_from}" if res.resumed_from else "")
+          + (f"; final kl {f['kl']:.4f}, ce {f['ce']:.3f}, top-1 vs fp {f['top1_agree']:.3f}" if f else ""))
+    print(f"export it exactly: edge-kto export {res.out} --out BUNDLE --gguf Q4_0")
     return 0
 
 
@@ -271,6 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gguf", default="Q4_K_M", help="comma-separated GGUF types, e.g. Q4_K_M,Q4_0,Q8_0 (F16/F32 too; '' for none)")
     e.add_argument("--no-onnx", action="store_true", help="skip the ONNX int4 artifact")
     e.add_argument("--onnx-int4-head", action="store_true", help="quantize the ONNX LM head to int4 too (default int8)")
+    e.add_argument("--onnx-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
+                   help="MatMulNBits accuracy level (builder default 4 = int8 activations; 1 = fp32, exact to torch)")
+    e.add_argument("--onnx-algo", choices=["default", "rtn", "k_quant"], help="int4 weight algorithm (default: symmetric RTN)")
+    e.add_argument("--onnx-int8-layers", action="store_true", help="sensitive layers at int8 (builder mixed_layers:int8)")
+    e.add_argument("--imatrix", help="'auto' (from --calibration-data, default the run's training rows) or a GGUF imatrix "
+                                     "file (llama-imatrix's works); applied to every --gguf type")
+    e.add_argument("--calibration-data", help="KTO rows / prompt JSONL / task folder for --imatrix auto (training split)")
+    e.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
+                   help="per-tensor GGML type, as llama-quantize --tensor-type (repeatable), e.g. ffn_down=Q6_K")
+    e.add_argument("--token-embedding-type", help="GGML type of token_embd (the output layer too when tied)")
+    e.add_argument("--output-type", help="GGML type of the output layer")
+    e.add_argument("--pure", action="store_true", help="no per-layer type mix (llama-quantize --pure)")
+    e.add_argument("--select", choices=["all", "smallest-passing"], default="all",
+                   help="keep every candidate, or per format the smallest that passes the gate")
+    e.add_argument("--config", help="YAML with ExportConfig fields (an `export:` key), e.g. lists of gguf/onnx candidates")
     e.add_argument("--golden-data", help="held-out prompts: task folder (eval split), prompt JSONL or KTO JSONL")
     e.add_argument("--golden-limit", type=int, default=32)
     e.add_argument("--verifier", help="task verifier for the check's task accuracy (default: the task folder's)")
@@ -283,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prepare", action="store_true", help="fetch llama.cpp's converter for the installed version (once, needs PyPI)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
+
+    fi = sub.add_parser("finish", help="quantization-aware finishing: train the student through the shipped 4-bit grid")
+    fi.add_argument("source", help="training run folder (its merged model) or an HF model folder")
+    fi.add_argument("--data", required=True, help="KTO rows of the training split (never the eval split)")
+    fi.add_argument("--out", required=True, help="finish folder (model/, metrics.jsonl, finish_report.json)")
+    for name, typ in FINISH_FLAGS.items():
+        fi.add_argument("--" + name.replace("_", "-"), type=typ, help=f"FinishConfig.{name}")
+    fi.add_argument("--quiet", action="store_true")
+    fi.set_defaults(func=cmd_finish)
 
     c = sub.add_parser("check", help="alignment gate: fp reference vs every artifact of a bundle (exit 3 on failure)")
     c.add_argument("bundle")

@@ -1,4 +1,4 @@
-"""``edge-kto run pipeline.yaml``: generate -> label -> train -> export (+ check) -> evaluate -> bench -> report.
+"""``edge-kto run pipeline.yaml``: generate -> label -> train -> finish -> export (+ check) -> evaluate -> bench -> report.
 
 Each stage writes into ``OUT/stages/<stage>-<key>/``, where ``key`` hashes the stage's config and
 the keys of the stages it reads (the task folder's files included). A finished stage leaves
@@ -32,6 +32,7 @@ class PipelineConfig:
     generate_eval: dict[str, Any] = field(default_factory=lambda: {"n": 2, "temperature": 0.8, "max_new_tokens": 128})
     label: dict[str, Any] = field(default_factory=lambda: {"student_samples": 2, "student_temperature": 0.8})
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (data/model/out are set here)
+    finish: dict[str, Any] | None = None  # FinishConfig fields: quantization-aware finishing; absent = off
     export: dict[str, Any] = field(default_factory=lambda: {"gguf": ["Q4_K_M"]})  # ExportConfig fields
     evaluate: dict[str, Any] = field(default_factory=lambda: {"teacher": True, "student_before": True, "max_new_tokens": 128})
     bench: dict[str, Any] = field(default_factory=lambda: {"runs": 100, "warmup": 5, "n_prompt": 128, "n_gen": 64})
@@ -56,7 +57,26 @@ class PipelineConfig:
         for k in ("generate", "generate_eval", "label", "evaluate", "bench", "export"):
             if k in d:
                 d[k] = {**getattr(defaults, k), **(d[k] or {})}
+        _check_section_keys(path, d)
         return cls(teacher=TeacherConfig(**teacher), **d)
+
+
+def _check_section_keys(path: str | Path, d: dict[str, Any]) -> None:
+    """Sections that map onto a stage's Config: an unknown key is refused at load, before any work."""
+    from dataclasses import fields
+
+    from .export import ExportConfig
+    from .finish import FinishConfig
+
+    set_by_pipeline = {"finish": {"source", "data", "out"}, "export": {"source", "out", "golden_data", "force"}}
+    for section, cls in (("finish", FinishConfig), ("export", ExportConfig)):
+        given = d.get(section) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"{path}: {section}: expected a mapping of {cls.__name__} fields")
+        allowed = {f.name for f in fields(cls)} - set_by_pipeline[section]
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            raise ValueError(f"{path}: {section}: unknown key(s) {unknown}; known: {sorted(allowed)}")
 
 
 @dataclass
@@ -131,11 +151,18 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
                                       progress))
     r.stage("train", {"train": cfg.train, "student": cfg.student}, ["label"],
             lambda d, resumed: stages.train(cfg, d, r.runs["label"].dir, resumed, progress))
-    r.stage("export", {"export": cfg.export}, ["train", "label_eval"],
-            lambda d, _: stages.export(cfg, d, r.runs["train"].dir, r.runs["label_eval"].dir, progress))
+    upstream = "train"
+    if cfg.finish is not None:  # quantization-aware finishing: the export then ships its on-grid weights
+        r.stage("finish", {"finish": cfg.finish}, ["train", "label"],
+                lambda d, _: stages.finish(cfg, d, r.runs["train"].dir, r.runs["label"].dir, progress))
+        upstream = "finish"
+    r.stage("export", {"export": cfg.export}, [upstream, "label_eval"],
+            lambda d, _: stages.export(cfg, d, r.runs[upstream].dir, r.runs["label_eval"].dir, progress,
+                                       finished=cfg.finish is not None))
     r.stage("evaluate", {"evaluate": cfg.evaluate, "task": task_fp, "teacher": teacher, "limit": cfg.limit},
             ["export", "generate_eval"],
-            lambda d, _: stages.evaluate(cfg, d, r.runs["train"].dir, r.runs["export"].dir, r.runs["generate_eval"]))
+            lambda d, _: stages.evaluate(cfg, d, r.runs["train"].dir, r.runs["export"].dir, r.runs["generate_eval"],
+                                         r.runs["finish"].dir if "finish" in r.runs else None))
     r.stage("bench", {"bench": cfg.bench, "teacher": teacher}, ["export"],
             lambda d, _: stages.bench(cfg, d, r.runs["export"].dir))
     report = stages.report(cfg, r.runs)

@@ -53,17 +53,31 @@ def train(cfg: Any, d: Path, label_dir: Path, resumed: bool, progress: bool = Tr
     return res.report
 
 
-def export(cfg: Any, d: Path, train_dir: Path, label_eval_dir: Path, progress: bool = True) -> dict[str, Any]:
+def finish(cfg: Any, d: Path, train_dir: Path, label_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Quantization-aware finishing of the trained student on the training rows (never the eval split)."""
+    from .finish import FinishConfig, run_finish
+
+    fc = FinishConfig(**{**cfg.finish, "source": str(train_dir / "run"), "data": str(label_dir / "kto.jsonl"),
+                         "out": str(d / "finish")})
+    res = run_finish(fc, progress=progress)
+    return {"model": str(res.model_dir), "steps": res.steps, "resumed_from": res.resumed_from, "final": res.final,
+            "seconds": res.seconds}
+
+
+def export(cfg: Any, d: Path, source_dir: Path, label_eval_dir: Path, progress: bool = True,
+           finished: bool = False) -> dict[str, Any]:
     from .export import ExportConfig, run_export
 
     task = read_task(cfg.task)
     golden = label_eval_dir / "kto.jsonl"
     if not golden.is_file() or not golden.read_text().strip():
         golden = Path(cfg.task)
-    ec = ExportConfig(**{"golden_verifier": task.verifier, **cfg.export, "source": str(train_dir / "run"),
+    source = source_dir / ("finish" if finished else "run")
+    ec = ExportConfig(**{"golden_verifier": task.verifier, **cfg.export, "source": str(source),
                          "out": str(d / "bundle"), "golden_data": str(golden), "force": True})
     res = run_export(ec, progress=progress)
     return {"bundle": str(res.bundle), "timings": res.timings, "alignment": res.manifest.get("alignment"),
+            "selection": res.manifest.get("selection"),
             "artifacts": [{k: a.get(k) for k in ("path", "quant", "bytes", "bits_per_weight")} for a in res.manifest["artifacts"]]}
 
 
@@ -93,7 +107,8 @@ def _teacher_from_generate_eval(cfg: Any, gen_eval: Any, task: Any, max_new_toke
     return score_answers("teacher (with context)", task, [by_id[it.id] for it in task.eval], gen_eval.seconds)
 
 
-def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path, gen_eval: Any) -> dict[str, Any]:
+def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path, gen_eval: Any,
+             finish_dir: Path | None = None) -> dict[str, Any]:
     from edge_kto_runtime import open_bundle
 
     from .evaluate import eval_artifact, eval_teacher
@@ -108,6 +123,9 @@ def evaluate(cfg: Any, d: Path, train_dir: Path, export_dir: Path, gen_eval: Any
         results.append(eval_teacher("student before", TeacherConfig(kind="hf", model=cfg.student), task, False, mx))
     results.append(eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(train_dir / "run" / "model")),
                                 task, False, mx))
+    if finish_dir is not None and e.get("finished", True):  # the finished weights in torch: what 4-bit should reproduce
+        results.append(eval_teacher("student finished (fp32, on the 4-bit grid)",
+                                    TeacherConfig(kind="hf", model=str(finish_dir / "finish" / "model")), task, False, mx))
     bundle = export_dir / "bundle"
     for art in open_bundle(bundle, verify=False).artifacts:
         results.append(eval_artifact(f"student after, {art.quant}", str(bundle), art.path, task, mx))
@@ -167,6 +185,28 @@ def bench(cfg: Any, d: Path, export_dir: Path) -> dict[str, Any]:
             "teacher": teacher}
 
 
+def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -> str:
+    """Every export candidate with its gate numbers (golden set), and the shipped ones' E2E p99."""
+    if not selection:
+        return ""
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"export candidates (select: {selection['mode']}; gate on the golden set):", "",
+             "| candidate | quant | MB | bits/w | KLD | top-1 | hard pairs | task acc (retention) | gate | E2E p99 | shipped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in selection["candidates"]:
+        lat = (bench.get("artifacts") or {}).get(c["path"])
+        e2e = f"{1e3 * lat['e2e_s']['p99']:.0f} ms" if lat else "-"
+        hard = f"{f(c.get('hard_pref_agree'), '.0%')} of {c['hard_pairs']}" if c.get("hard_pairs") else "-"
+        lines.append(f"| {c['path']} | {c['quant']} | {c['bytes'] / 1e6:.1f} | {f(c.get('bits_per_weight'), '.2f')} | "
+                     f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('top1_agree'), '.1%')} | {hard} | "
+                     f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
+                     f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |")
+    return "\n".join(lines) + "\n\n"
+
+
 def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
     """The final table: accuracy, latency and size per model, retention, and the alignment gate."""
     ev = {r["name"]: r for r in runs["evaluate"].result["results"]}
@@ -216,10 +256,11 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
 
     gate = ", ".join(f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
                      f"pref {pref(v)})" for k, v in (align.get("per_artifact") or {}).items())
+    cand = _candidates_table(exp.get("selection"), be)
     tr = runs["train"].result.get("final", {})
     md = (f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student `{cfg.student}`, "
           f"task `{Path(cfg.task).name}`\n\n" + "\n".join(lines) + "\n\n" + ("; ".join(ret) + "\n\n" if ret else "")
-          + f"alignment gate: {gate or 'not run'}\n\ntraining: final loss {tr.get('loss', float('nan')):.4f}, "
+          + f"alignment gate: {gate or 'not run'}\n\n" + cand + f"training: final loss {tr.get('loss', float('nan')):.4f}, "
           f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
           + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items()) + "\n")
     return {"rows": rows, "retention": ret, "alignment": align, "train": runs["train"].result,

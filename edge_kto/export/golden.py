@@ -6,7 +6,11 @@ Per prompt (token ids from the HF tokenizer's chat template, the ids every backe
 - the fp top-k next-token log-probs at every position of that continuation (for KL on the
   device, where the full fp distribution is not available),
 - labelled completions (desirable / undesirable) with their fp summed log-probs (for
-  preference agreement), and the task reference (for task accuracy).
+  preference agreement), and the task reference (for task accuracy),
+- *hard* pairs: a desirable answer and its near miss (the same text with one fact broken: a
+  number in a reference phrase changed, or the phrase removed). Whole-answer pairs are separated
+  by hundreds of nats, so their order never flips under quantization; a near miss differs by a
+  token or two -- exactly what 4-bit rounding of a memorised fact breaks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,6 +32,7 @@ class GoldenPrompt:
     messages: list[dict]
     reference: Any = None
     completions: list[tuple[str, bool]] | None = None
+    hard: list[tuple[int, str]] | None = None  # (index of a desirable completion, its near miss)
 
 
 def _looks_like_kto(path: Path) -> bool:
@@ -109,6 +114,38 @@ def _summed_logps(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: 
     return CompletionLogps(model)(*pad_pairs(pairs, pad_id, max_length=10**9)).tolist()
 
 
+def near_miss(text: str, reference: Any) -> str | None:
+    """``text`` with one reference fact broken: the last digit of the first phrase found changed
+    (10 seconds -> 11 seconds), or, for a phrase without digits, the phrase removed."""
+    phrases = list(reference) if isinstance(reference, list) else [reference] if isinstance(reference, (str, int, float)) else []
+    low = text.lower()
+    for ph in (str(p) for p in phrases):
+        i = low.find(ph.lower()) if ph.strip() else -1
+        if i < 0:
+            continue
+        orig = text[i:i + len(ph)]
+        digits = [k for k, ch in enumerate(orig) if ch.isdigit()]
+        if digits:
+            return text[:i] + orig[:digits[-1]] + str((int(orig[digits[-1]]) + 1) % 10) + orig[digits[-1] + 1:] + text[i + len(ph):]
+        head, tail = text[:i], text[i + len(ph):]
+        return head.rstrip(" ") + " " + tail.lstrip(" ") if head.endswith(" ") and tail.startswith(" ") else head + tail
+    return None
+
+
+def with_hard_pairs(prompts: list[GoldenPrompt], verifier: Callable[[str, Any], bool]) -> list[GoldenPrompt]:
+    """Add one near miss per prompt (of its first desirable answer that has one the verifier rejects)."""
+    for g in prompts:
+        if g.reference is None or not g.completions:
+            continue
+        for k, (text, label) in enumerate(list(g.completions)):
+            miss = near_miss(text, g.reference) if label else None
+            if miss and miss != text and verifier(text, g.reference) and not verifier(miss, g.reference):
+                g.hard = g.hard or []
+                g.hard.append((k, miss))
+                break
+    return prompts
+
+
 def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_tokens: int = 64, top_k: int = 16,
                  progress: bool = True, batch_size: int = 16) -> list[dict[str, Any]]:
     """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch)."""
@@ -125,7 +162,8 @@ def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_toke
         pids = [chat_ids(tok, g.messages) for g in chunk]
         greedy = _greedy(model, pids, max_new_tokens, pad_id, eos_ids)
         tops = _top_logprobs(model, pids, greedy, top_k)
-        comps = [[(text, label, _completion_ids(tok, g.messages, p, text)) for text, label in (g.completions or [])]
+        comps = [[(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
+                 + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]
                  for g, p in zip(chunk, pids)]
         logps = iter(_summed_logps(model, [(p, c[2]) for p, cs in zip(pids, comps) for c in cs], pad_id))
         for g, p, gr, top, cs in zip(chunk, pids, greedy, tops, comps):
@@ -133,7 +171,9 @@ def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_toke
                                    "greedy_ids": gr, "greedy_text": tok.decode(gr, skip_special_tokens=True),
                                    "top_logprobs": top}
             if cs:
-                row["completions"] = [{"text": t, "label": lab, "ids": ids, "logp": round(next(logps), 6)} for t, lab, ids in cs]
+                row["completions"] = [{"text": t, "label": lab, "ids": ids, "logp": round(next(logps), 6),
+                                       **({"hard": True, "near_miss_of": k} if k is not None else {})}
+                                      for t, lab, ids, k in cs]
             rows.append(row)
         bar.update(len(chunk))
     bar.close()

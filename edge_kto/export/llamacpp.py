@@ -145,9 +145,19 @@ def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16", conv: Conv
     return time.perf_counter() - t
 
 
-def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None) -> float:
-    """``llama_model_quantize`` to ``qtype`` (e.g. Q4_K_M); returns its wall time in seconds."""
+def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, *,
+                  imatrix: dict[str, "np.ndarray"] | None = None, tensor_types: dict[str, str] | None = None,
+                  token_embedding_type: str | None = None, output_type: str | None = None,
+                  pure: bool = False) -> float:
+    """``llama_model_quantize`` to ``qtype`` (e.g. Q4_K_M); returns its wall time in seconds.
+
+    ``imatrix`` maps GGUF tensor names to per-column mean x² (see :mod:`edge_kto.quant.imatrix`);
+    ``tensor_types`` maps regexes on tensor names to GGML types (llama-quantize's
+    ``--tensor-type``; the first match wins, and llama.cpp still falls back from a 256-block type
+    on rows that are not a multiple of 256). Arrays handed to C are kept alive until it returns.
+    """
     import llama_cpp
+    import numpy as np
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
     if ftype is None:
@@ -156,6 +166,30 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or (os.cpu_count() or 1)
+    params.pure = bool(pure)
+    if token_embedding_type:
+        params.token_embedding_type = _ggml_type(token_embedding_type)
+    if output_type:
+        params.output_tensor_type = _ggml_type(output_type)
+    keep: list = []  # bytes and arrays referenced by the C structs
+    if imatrix:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()  # zeroed sentinel: name == NULL
+        for i, (name, values) in enumerate(imatrix.items()):
+            v = np.ascontiguousarray(values, dtype=np.float32)
+            b = name.encode()
+            keep += [b, v]
+            arr[i].name, arr[i].data, arr[i].size = b, v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), v.size
+        keep.append(arr)
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if tensor_types:
+        _check_patterns(src, tensor_types)
+        ov = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, t) in enumerate(tensor_types.items()):
+            b = pattern.encode()
+            keep.append(b)
+            ov[i].pattern, ov[i].type = b, _ggml_type(t)
+        keep.append(ov)
+        params.tt_overrides = ctypes.cast(ov, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     # llama-cpp-python routes llama.cpp's log through this logger; the quantizer also writes
     # per-tensor lines straight to stderr. Both are kept out of the terminal unless debugging.
     lg = logging.getLogger("llama-cpp-python")
@@ -167,9 +201,36 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None) 
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     finally:
         lg.setLevel(level)
+    del keep
     if rc != 0 or not out.is_file():
         raise RuntimeError(f"llama_model_quantize({src.name} -> {qtype}) failed with code {rc}:\n{captured.text[-2000:]}")
     return time.perf_counter() - t
+
+
+def _ggml_type(name: str) -> int:
+    import llama_cpp
+
+    v = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+    if v is None:
+        known = sorted(n[len("GGML_TYPE_"):] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT")
+        raise ValueError(f"unknown GGML tensor type {name!r}; known: {known}")
+    return int(v)
+
+
+def gguf_tensor_shapes(path: Path) -> dict[str, int]:
+    """Tensor name -> row width (ne[0], the input columns of a weight) of a GGUF file."""
+    from gguf import GGUFReader
+
+    return {t.name: int(t.shape[0]) for t in GGUFReader(str(path)).tensors}
+
+
+def _check_patterns(src: Path, tensor_types: dict[str, str]) -> None:
+    """Every override regex must match some tensor of the model: a typo otherwise does nothing silently."""
+    names = list(gguf_tensor_shapes(src))
+    for pattern in tensor_types:
+        if not any(re.search(pattern, n) for n in names):
+            raise ValueError(f"tensor_types: regex {pattern!r} matches no tensor of {src.name} "
+                             f"(names look like {names[min(5, len(names) - 1)]!r})")
 
 
 class _Captured:

@@ -18,18 +18,22 @@ import time
 from pathlib import Path
 
 
-def onnx_quant_label(int8_head: bool, block_size: int = 32) -> str:
-    return f"int4-b{block_size}" + ("-int8head" if int8_head else "")
-
-
 class OnnxBuild:
     """The builder running in a child process, so export can convert and quantize GGUF (and build
     the golden set) meanwhile; ``wait`` returns its wall time or raises with its log."""
 
-    def __init__(self, hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32):
+    def __init__(self, hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32,
+                 accuracy_level: int | None = None, algo_config: str = "default", int8_layers: bool = False):
         extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
+        if precision == "int4" and accuracy_level is not None:
+            extra.append(f"accuracy_level={accuracy_level}")
+        if precision == "int4" and algo_config != "default":
+            extra.append(f"algo_config={algo_config}")
+        mixed = (["last_matmul:int8"] if int8_head else []) + (["mixed_layers:int8"] if int8_layers else [])
         if precision == "int4" and int8_head:
-            extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather", "matmul_mixed_precision=last_matmul:int8"]
+            extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather"]
+        if precision == "int4" and mixed:
+            extra.append("matmul_mixed_precision=" + ",".join(mixed))
         self.hf_dir, self.out_dir = hf_dir, out_dir
         self._tmp = tempfile.TemporaryDirectory(prefix="ortgenai-")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),

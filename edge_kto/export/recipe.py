@@ -1,14 +1,19 @@
 """``run_export``: a training run (or any HF model folder) -> a hash-verified bundle.
 
-    resolve source   run/model (merged in torch, fp32) or merge run/adapter into its fp base now
-    GGUF             llama.cpp convert_hf_to_gguf (f16) -> llama_model_quantize per requested type
-    ONNX             onnxruntime-genai builder, int4 block 32 symmetric (int8 LM head by default)
+    resolve source   run/model (merged in torch, fp32), run/adapter merged now, or a finish folder
+                     (weights already on the 4-bit grid; the fp student it came from is the reference)
+    calibrate        optional importance matrix from the training rows (quant/imatrix.py)
+    GGUF             llama.cpp convert_hf_to_gguf (f32) -> llama_model_quantize per candidate
+    ONNX             onnxruntime-genai builder per candidate (int4 block 32, int8 LM head by default)
     golden.jsonl     fp greedy outputs, top-k log-probs and labelled completions on held-out prompts
-    manifest.json    every file's size + sha256, tool versions, provenance, tokenizer, generation
+    gate + select    the alignment check on every candidate, in the temporary folder; with
+                     ``select: smallest-passing`` only the smallest passing artifact per format stays
+    manifest.json    every file's size + sha256, tool versions, provenance, recipes, every candidate's numbers
 
-Everything is built in a temporary folder next to the destination and renamed into place at the
-end: a failure at any stage leaves no half bundle, and an existing bundle is only replaced with
-``force``.
+Everything is built and checked in a temporary folder next to the destination and renamed into
+place at the end: a failure at any stage leaves no half bundle, and an existing bundle is only
+replaced with ``force`` -- and never by a bundle that failed the gate (that one is left next to
+it as ``NAME.failed``).
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle, zip_bundle
+from edge_kto_runtime.verifiers import get_verifier
 
 from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
-from .golden import build_golden, read_golden_prompts
-from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, quantize_gguf
-from .onnx import OnnxBuild, onnx_quant_label
+from .candidates import SELECT_MODES, CandidateError, GgufCandidate, OnnxCandidate, describe, parse_gguf, parse_onnx
+from .golden import build_golden, read_golden_prompts, with_hard_pairs
+from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tensor_shapes, quantize_gguf
+from .calibrate import importance_matrix
+from .onnx import OnnxBuild
+from .select import select_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,14 @@ log = logging.getLogger(__name__)
 class ExportConfig:
     source: str  # a training run folder, an HF model folder, or a model spec
     out: str
-    gguf: list[str] = field(default_factory=lambda: ["Q4_K_M"])  # also F16 / F32 (the converter's own output)
-    onnx: bool = True
-    onnx_int8_head: bool = True
+    # Candidates (export/candidates.py): GGUF type names or mappings; ONNX true/false, a mapping or a list.
+    gguf: list[Any] = field(default_factory=lambda: ["Q4_K_M"])  # also F16 / F32 (the converter's own output)
+    onnx: Any = True
+    onnx_int8_head: bool = True  # default for ONNX candidates that do not say
+    select: str = "all"  # or "smallest-passing": per format, keep the smallest artifact that passes the gate
+    imatrix: str | None = None  # "auto": computed from calibration_data; or a GGUF imatrix file (llama-imatrix's too)
+    calibration_data: str | None = None  # KTO rows / prompts of the *training* split; default: the run's data
+    calibration_limit: int = 256  # rows
     golden_data: str | None = None  # task folder (eval split), prompt file or KTO rows; default: the run's data
     golden_limit: int = 32
     golden_max_new_tokens: int = 64
@@ -57,6 +71,34 @@ class ExportConfig:
     threads: int | None = None
 
 
+    def candidates(self) -> tuple[list[GgufCandidate], list[OnnxCandidate]]:
+        """Parsed and validated candidates (bad names and options fail here, before any work)."""
+        if self.select not in SELECT_MODES:
+            raise CandidateError(f"select: one of {SELECT_MODES}, got {self.select!r}")
+        gg = [parse_gguf(c) for c in self.gguf]
+        ox = parse_onnx(self.onnx, self.onnx_int8_head)
+        paths = [c.path for c in gg] + [c.path for c in ox]
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        if dup:
+            raise CandidateError(f"two candidates would write the same artifact {dup}; give one a `name`")
+        if not paths:
+            raise CandidateError("nothing to export: give at least one GGUF type or an ONNX candidate")
+        if any(c.imatrix for c in gg) and not self.imatrix:
+            self.imatrix = "auto"
+        return gg, ox
+
+
+@dataclass
+class Source:
+    """What export starts from: the fp folder the artifacts are made from and the fp reference."""
+
+    hf_dir: Path
+    reference_dir: Path  # the fp student the golden set and the gate compare against
+    training: dict[str, Any]
+    default_data: str | None  # the run's training rows (golden fallback, calibration default)
+    finished: str | None = None  # the grid a finish folder's weights lie on (e.g. q4_0)
+
+
 @dataclass
 class ExportResult:
     bundle: Path
@@ -67,43 +109,43 @@ class ExportResult:
     alignment: Any = None  # CheckResult when the gate ran
 
 
-def _resolve_source(cfg: ExportConfig, work: Path) -> tuple[Path, dict[str, Any], str | None]:
-    """(fp HF folder, training provenance, default golden data) for a run folder or a model."""
+def _run_training(run: Path) -> dict[str, Any]:
+    tcfg = json.loads((run / "config.json").read_text())
+    report = json.loads((run / "train_report.json").read_text()) if (run / "train_report.json").exists() else {}
+    return {"method": tcfg.get("loss_type", "kto"), "run": str(run.resolve()), "base_model": tcfg.get("model"),
+            "data": tcfg.get("data"), "beta": tcfg.get("beta"), "steps": tcfg.get("steps"),
+            "lora": tcfg.get("lora"), "final": report.get("final", {})}
+
+
+def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
+    """Where the artifacts come from, and which fp model they are checked against."""
     src = Path(cfg.source)
+    if (src / "finish_report.json").is_file() and (src / "model" / "config.json").is_file():  # a finished student
+        rep = json.loads((src / "finish_report.json").read_text())
+        fcfg = json.loads((src / "config.json").read_text())
+        ref = Path(rep["source_model"])
+        run = ref.parent
+        training = _run_training(run) if (run / "adapter").is_dir() else {"method": "none", "base_model": str(ref)}
+        training["finish"] = {"dir": str(src.resolve()), "format": rep["format"], "steps": rep["steps"],
+                              "final": rep.get("final", {}), "data": fcfg.get("data")}
+        return Source(src / "model", ref, training, fcfg.get("data") or training.get("data"), rep["format"])
     if (src / "config.json").is_file() and (src / "adapter").is_dir():  # a training run
+        training = _run_training(src)
         tcfg = json.loads((src / "config.json").read_text())
-        report = json.loads((src / "train_report.json").read_text()) if (src / "train_report.json").exists() else {}
-        training = {"method": tcfg.get("loss_type", "kto"), "run": str(src.resolve()), "base_model": tcfg.get("model"),
-                    "data": tcfg.get("data"), "beta": tcfg.get("beta"), "steps": tcfg.get("steps"),
-                    "lora": tcfg.get("lora"), "final": report.get("final", {})}
-        if (src / "model" / "config.json").is_file():
-            return src / "model", training, tcfg.get("data")
-        return _merge_adapter(tcfg["model"], src / "adapter", work / "merged"), training, tcfg.get("data")
+        hf = src / "model" if (src / "model" / "config.json").is_file() else _merge_adapter(tcfg["model"], src / "adapter",
+                                                                                           work / "merged")
+        return Source(hf, hf, training, tcfg.get("data"))
     from ..models.loader import resolve_spec
 
     kind, loc = resolve_spec(cfg.source)
     if kind == "hf_dir":
-        return Path(loc), {"method": "none", "base_model": cfg.source}, None
+        return Source(Path(loc), Path(loc), {"method": "none", "base_model": cfg.source}, None)
     if kind == "gguf":
         from ..models.loader import gguf_to_hf
 
-        return gguf_to_hf(loc, work / "hf"), {"method": "none", "base_model": cfg.source}, None
+        hf = gguf_to_hf(loc, work / "hf")
+        return Source(hf, hf, {"method": "none", "base_model": cfg.source}, None)
     raise ValueError(f"{cfg.source}: export needs a local run folder or model (hub ids: download first)")
-
-
-def hf_source_for_check(cfg: ExportConfig, bundle: Path) -> str:
-    """The fp model the artifacts were made from: the run's merged model or the source folder."""
-    src = Path(cfg.source)
-    if (src / "model" / "config.json").is_file():
-        return str(src / "model")
-    if (src / "config.json").is_file() and not (src / "adapter").is_dir():
-        return str(src)
-    from ..models.loader import resolve_spec
-
-    kind, loc = resolve_spec(cfg.source)
-    if kind == "hf_dir":
-        return str(loc)
-    raise ValueError(f"{cfg.source}: no fp model folder to check against; run `edge-kto check {bundle} --reference ...`")
 
 
 def _merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
@@ -152,69 +194,103 @@ def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     _check_destination(out, cfg.force)
-    types = [q.upper() for q in cfg.gguf]
-    if not types and not cfg.onnx:
-        raise ValueError("nothing to export: give at least one --gguf type or keep ONNX")
+    gguf_cands, onnx_cands = cfg.candidates()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        manifest, timings = _build(cfg, types, tmp, progress)
+        manifest, timings, source = _build(cfg, gguf_cands, onnx_cands, tmp, out, progress)
         open_bundle(tmp, verify=True)  # what we hand over must pass the device's own check
+        alignment = _gate(cfg, tmp, source, timings, progress) if cfg.check and "golden" in manifest else None
+        if alignment is not None:
+            manifest = select_artifacts(tmp, cfg.select, alignment)
+            open_bundle(tmp, verify=True)
         os.chmod(tmp, 0o755)  # mkdtemp made it 0700
-        if out.exists():  # --force: swap, then delete the old one
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        failed = alignment is not None and not alignment.passed
+        dest = _install(tmp, out, keep_old=failed)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    alignment = None
-    if cfg.check and "golden" in manifest:
-        from ..check import CheckConfig, run_check
-
-        t = time.perf_counter()
-        try:
-            reference = hf_source_for_check(cfg, out)
-        except ValueError as e:
-            log.warning("alignment check skipped: %s", e)
-        else:
-            alignment = run_check(CheckConfig(bundle=str(out), reference=reference, thresholds=cfg.thresholds,
-                                              threads=cfg.threads, verify=False), progress=progress)
-            manifest = json.loads((out / "manifest.json").read_text())
-            timings["check_s"] = time.perf_counter() - t
-    zpath = zip_bundle(out, out.with_suffix(".zip")) if cfg.zip else None
+    if alignment is not None:
+        alignment.report_path = dest / "alignment.md"
+    zpath = zip_bundle(dest, dest.with_suffix(".zip")) if cfg.zip and dest == out else None
     timings["total_s"] = time.perf_counter() - t0
-    return ExportResult(out, zpath, manifest, timings, timings["total_s"], alignment)
+    return ExportResult(dest, zpath, manifest, timings, timings["total_s"], alignment)
 
 
-def _build_gguf(hf_dir: Path, types: list[str], tmp: Path, work: Path, threads: int | None, timings: dict[str, Any],
-                artifacts: list[dict[str, Any]]) -> Any:
-    """llama.cpp's converter writes f16 (f32 when only F32 is asked), then one quantize per type."""
+def _gate(cfg: ExportConfig, tmp: Path, source: Source, timings: dict[str, Any], progress: bool) -> Any:
+    """The alignment check on every candidate, run in the temporary folder (before anything is replaced)."""
+    from ..check import CheckConfig, run_check
+
+    t = time.perf_counter()
+    res = run_check(CheckConfig(bundle=str(tmp), reference=str(source.reference_dir), thresholds=cfg.thresholds,
+                                threads=cfg.threads, verify=False), progress=progress)
+    timings["check_s"] = time.perf_counter() - t
+    return res
+
+
+def _install(tmp: Path, out: Path, keep_old: bool) -> Path:
+    """Rename the finished bundle into place. A bundle that failed the gate never replaces an
+    existing one: it is left beside it as ``NAME.failed`` and the old bundle stays."""
+    if out.exists() and keep_old:
+        failed = out.with_name(out.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(tmp, failed)
+        log.warning("%s failed the alignment gate; the existing bundle %s was kept, the failed one is at %s",
+                    failed.name, out, failed)
+        return failed
+    if out.exists():  # --force: swap, then delete the old one
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _build_gguf(hf_dir: Path, cands: list[GgufCandidate], tmp: Path, work: Path, cfg: ExportConfig, source: Source,
+                imatrix: Any, timings: dict[str, Any], artifacts: list[dict[str, Any]]) -> Any:
+    """llama.cpp's converter writes f32 once (quantizing from f16 would round twice, and a finished
+    model's grid values need up to 14 mantissa bits), then one ``llama_model_quantize`` per candidate."""
     conv = find_converter()
-    base_type = "F32" if types == ["F32"] else "F16"
-    base = work / f"model-{base_type.lower()}.gguf"
-    timings["convert_s"] = convert_hf_to_gguf(hf_dir, base, base_type.lower(), conv)
-    for q in types:
-        dest = tmp / f"model-{q.lower()}.gguf"
-        if q == base_type:
+    base = work / "model-f32.gguf"
+    timings["convert_s"] = convert_hf_to_gguf(hf_dir, base, "f32", conv)
+    means = None
+    if imatrix is not None and any(c.imatrix for c in cands):
+        imatrix.check_shapes(gguf_tensor_shapes(base), where=str(cfg.imatrix))
+        means = imatrix.means()
+    for c in cands:
+        dest = tmp / c.path
+        if c.type == "F32":
             shutil.copyfile(base, dest)
-        elif q in ("F16", "F32"):
-            timings["convert_s"] += convert_hf_to_gguf(hf_dir, dest, q.lower(), conv)
+        elif c.type == "F16":
+            timings["convert_s"] += convert_hf_to_gguf(hf_dir, dest, "f16", conv)
         else:
-            timings["quantize_s"][q] = quantize_gguf(base, dest, q, threads)
-        st = gguf_stats(dest, q)
-        artifacts.append({"path": dest.name, "backend": "llama.cpp", "quant": q, **file_entry(dest),
+            on_own_grid = source.finished == "q4_0" and c.type == "Q4_0"
+            pure = c.pure if c.pure is not None else on_own_grid
+            emb = c.token_embedding_type or ("Q8_0" if on_own_grid else None)
+            if on_own_grid and c.imatrix:
+                log.warning("%s: an importance matrix makes Q4_0 search its scales, so the finished grid is no longer "
+                            "reproduced exactly", c.path)
+            timings["quantize_s"][c.path] = quantize_gguf(
+                base, dest, c.type, cfg.threads, imatrix=means if c.imatrix else None, tensor_types=c.tensor_types,
+                token_embedding_type=emb, output_type=c.output_type, pure=pure)
+        st = gguf_stats(dest, c.type)
+        artifacts.append({"path": dest.name, "backend": "llama.cpp", "quant": _gguf_label(c), **file_entry(dest),
                           "bits_per_weight": st.bits_per_weight, "tensor_types": st.tensor_types,
-                          "k_quant_fallbacks": st.fallbacks})
+                          "k_quant_fallbacks": st.fallbacks, "recipe": describe(c)})
     return conv
 
 
-def _build_golden(cfg: ExportConfig, hf_dir: Path, tok: Any, default_golden: str | None, tmp: Path,
-                  timings: dict[str, Any], progress: bool) -> dict[str, Any] | None:
-    src = cfg.golden_data or default_golden
+def _gguf_label(c: GgufCandidate) -> str:
+    return c.type + ("+imatrix" if c.imatrix else "") + ("+mix" if c.tensor_types or c.token_embedding_type or
+                                                        c.output_type else "")
+
+
+def _build_golden(cfg: ExportConfig, source: Source, tok: Any, tmp: Path, timings: dict[str, Any],
+                  progress: bool) -> dict[str, Any] | None:
+    """The golden set always comes from the fp reference (for a finished model: the student before finishing)."""
+    src = cfg.golden_data or source.default_data
     if not src:
         log.warning("no held-out data for the golden set (--golden-data); the alignment check will need one")
         return None
@@ -222,52 +298,78 @@ def _build_golden(cfg: ExportConfig, hf_dir: Path, tok: Any, default_golden: str
     from transformers import AutoModelForCausalLM
 
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    rows = build_golden(model, tok, read_golden_prompts(src, limit=cfg.golden_limit), cfg.golden_max_new_tokens,
-                        cfg.golden_top_k, progress)
+    verifier = cfg.golden_verifier or (read_task(src).verifier if Path(src).is_dir() else None)
+    prompts = read_golden_prompts(src, limit=cfg.golden_limit)
+    if verifier:
+        prompts = with_hard_pairs(prompts, get_verifier(verifier))
+    model = AutoModelForCausalLM.from_pretrained(str(source.reference_dir), dtype=torch.float32)
+    rows = build_golden(model, tok, prompts, cfg.golden_max_new_tokens, cfg.golden_top_k, progress)
     write_jsonl_atomic(tmp / "golden.jsonl", rows)
     timings["golden_s"] = time.perf_counter() - t
-    verifier = cfg.golden_verifier or (read_task(src).verifier if Path(src).is_dir() else None)
     return {"path": "golden.jsonl", **file_entry(tmp / "golden.jsonl"), "rows": len(rows), "source": str(src),
-            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens, "verifier": verifier}
+            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens, "verifier": verifier,
+            "hard_pairs": sum(1 for r in rows for c in r.get("completions", []) if c.get("hard"))}
 
 
-def _build(cfg: ExportConfig, types: list[str], tmp: Path, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _onnx_entry(c: OnnxCandidate, tmp: Path, seconds: float, timings: dict[str, Any]) -> dict[str, Any]:
+    d = tmp / c.path.rstrip("/")
+    timings["onnx_s"][c.path] = seconds
+    files = {p.relative_to(d).as_posix(): file_entry(p) for p in sorted(d.rglob("*")) if p.is_file()}
+    return {"path": c.path, "backend": "onnxruntime-genai", "quant": c.quant, "files": files,
+            "bytes": sum(e["bytes"] for e in files.values()), "recipe": describe(c)}
+
+
+def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[OnnxCandidate], tmp: Path, out: Path,
+           progress: bool) -> tuple[dict[str, Any], dict[str, Any], Source]:
     from transformers import AutoTokenizer
 
     work = tmp / ".work"
     work.mkdir()
-    timings: dict[str, Any] = {"quantize_s": {}}
-    hf_dir, training, default_golden = _resolve_source(cfg, work)
+    timings: dict[str, Any] = {"quantize_s": {}, "onnx_s": {}}
+    source = _resolve_source(cfg, work)
+    hf_dir = source.hf_dir
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     artifacts: list[dict[str, Any]] = []
+    imatrix_rec, imatrix = None, None
+    if cfg.imatrix:
+        t = time.perf_counter()
+        imatrix_rec, imatrix = importance_matrix(cfg, source, tok, out, progress)
+        timings["imatrix_s"] = time.perf_counter() - t
 
-    # The ONNX builder runs in a child process while GGUF is converted and quantized here (both
-    # mostly single-threaded); the golden set (multi-threaded torch) waits for the builder.
-    onnx_build = OnnxBuild(hf_dir, tmp / "onnx-int4", "int4", cfg.onnx_int8_head) if cfg.onnx else None
+    # Each ONNX builder runs in a child process while GGUF is converted and quantized here (both
+    # mostly single-threaded); the golden set (multi-threaded torch) waits for the builders.
+    conv = None
+    pending = list(onnx_cands)
+    build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), "int4", **_onnx_args(pending[0])) if pending else None
     try:
-        conv = _build_gguf(hf_dir, types, tmp, work, cfg.threads, timings, artifacts) if types else None
-        if onnx_build is not None:
-            timings["onnx_s"] = onnx_build.wait()
-            onnx_dir = tmp / "onnx-int4"
-            files = {p.relative_to(onnx_dir).as_posix(): file_entry(p) for p in sorted(onnx_dir.rglob("*")) if p.is_file()}
-            artifacts.append({"path": "onnx-int4/", "backend": "onnxruntime-genai", "quant": onnx_quant_label(cfg.onnx_int8_head),
-                              "files": files, "bytes": sum(e["bytes"] for e in files.values())})
+        if gguf_cands:
+            conv = _build_gguf(hf_dir, gguf_cands, tmp, work, cfg, source, imatrix, timings, artifacts)
+        while build is not None:
+            c = pending.pop(0)
+            artifacts.append(_onnx_entry(c, tmp, build.wait(), timings))
+            build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), "int4", **_onnx_args(pending[0])) if pending else None
     finally:
-        if onnx_build is not None:
-            onnx_build.close()
-    golden = _build_golden(cfg, hf_dir, tok, default_golden, tmp, timings, progress)
+        if build is not None:
+            build.close()
+    golden = _build_golden(cfg, source, tok, tmp, timings, progress)
     shutil.rmtree(work)
     manifest: dict[str, Any] = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION,
         "name": cfg.name or Path(cfg.out).name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base_model": training.get("base_model"), "training": training, "artifacts": artifacts,
+        "base_model": source.training.get("base_model"), "training": source.training, "artifacts": artifacts,
         "tokenizer": _tokenizer_section(tok, hf_dir),
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "n_ctx": cfg.n_ctx},
         "tools": _tool_versions(conv), "export": {k: v for k, v in timings.items()},
         "export_config": asdict(cfg),
     }
+    if imatrix_rec:
+        manifest["imatrix"] = imatrix_rec
     if golden:
         manifest["golden"] = golden
     write_json_atomic(tmp / "manifest.json", manifest)
-    return manifest, timings
+    return manifest, timings, source
+
+
+def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:
+    return {"int8_head": c.int8_head, "block_size": c.block_size, "accuracy_level": c.accuracy_level,
+            "algo_config": c.algo_config, "int8_layers": c.int8_layers}

@@ -12,6 +12,8 @@ the fp model's greedy continuation:
 - **top-1 agreement**: the artifact's argmax equals the fp argmax.
 - **preference agreement**: for each desirable/undesirable completion pair of a prompt, the
   artifact orders their summed log-probs as the fp model does; plus how much of the margin is kept.
+  Reported twice: on whole-answer pairs, and on *hard* pairs (a desirable answer vs its near miss
+  with one fact broken), whose fp margins are small enough for quantization to flip.
 - **greedy exact match**: the artifact's greedy ids equal the fp greedy ids.
 - **task accuracy**: the task verifier on greedy outputs, fp (stored) vs artifact, and retention.
 """
@@ -39,6 +41,7 @@ class Thresholds:
     top1_min: float = 0.75
     pref_agree_min: float = 0.90
     task_retention_min: float = 0.80  # used when the golden set has references and fp solves some
+    hard_pref_agree_min: float = 0.0  # hard (near-miss) pairs: reported; raise it to gate on them
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Thresholds":
@@ -67,9 +70,13 @@ def kl_topk(top: list[list[list[float]]], q_logp: np.ndarray) -> np.ndarray:
 
 
 def _pairs(completions: list[dict]) -> list[tuple[int, int]]:
-    good = [i for i, c in enumerate(completions) if c["label"]]
-    bad = [i for i, c in enumerate(completions) if not c["label"]]
+    good = [i for i, c in enumerate(completions) if c["label"] and not c.get("hard")]
+    bad = [i for i, c in enumerate(completions) if not c["label"] and not c.get("hard")]
     return [(g, b) for g in good for b in bad]
+
+
+def _hard_pairs(completions: list[dict]) -> list[tuple[int, int]]:
+    return [(c["near_miss_of"], i) for i, c in enumerate(completions) if c.get("hard")]
 
 
 def _greedy_ids(m: EdgeModel, prompt_ids: list[int], n: int) -> list[int]:
@@ -86,7 +93,7 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
     """Metrics for one loaded artifact against the golden rows (and the full fp model when given)."""
     th = thresholds or Thresholds()
     kl_k, kl_f, top1 = [], [], []
-    pref, margins_fp, margins_art, greedy_eq = [], [], [], []
+    pref, margins_fp, margins_art, greedy_eq, hard, hard_fp = [], [], [], [], [], []
     acc_fp, acc_art, ids_match = [], [], []
     for row in golden:
         p, g = row["prompt_ids"], row["greedy_ids"]
@@ -101,13 +108,24 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
                 kl_f.append(kl_full(pf, q))
                 fp_top1 = pf.argmax(-1)
             top1.append(q.argmax(-1) == fp_top1)
-        for gi, bi in _pairs(row.get("completions") or []):
-            c_good, c_bad = row["completions"][gi], row["completions"][bi]
-            m_fp = c_good["logp"] - c_bad["logp"]
-            m_art = m.score_ids(p, c_good["ids"]) - m.score_ids(p, c_bad["ids"])
+        comps = row.get("completions") or []
+        scored: dict[int, float] = {}
+
+        def art_logp(i: int) -> float:
+            if i not in scored:
+                scored[i] = m.score_ids(p, comps[i]["ids"])
+            return scored[i]
+
+        for gi, bi in _pairs(comps):
+            m_fp = comps[gi]["logp"] - comps[bi]["logp"]
+            m_art = art_logp(gi) - art_logp(bi)
             pref.append((m_fp > 0) == (m_art > 0))
             margins_fp.append(abs(m_fp))
             margins_art.append(m_art if m_fp > 0 else -m_art)
+        for gi, bi in _hard_pairs(comps):
+            m_fp = comps[gi]["logp"] - comps[bi]["logp"]
+            hard.append((m_fp > 0) == (art_logp(gi) - art_logp(bi) > 0))
+            hard_fp.append(abs(m_fp))
         art_ids = _greedy_ids(m, p, max(len(g), 1))
         greedy_eq.append(art_ids == g)
         if verifier is not None and row.get("reference") is not None:
@@ -115,6 +133,12 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
             acc_fp.append(bool(verifier(row["greedy_text"], row["reference"])))
             acc_art.append(bool(verifier(art_text, row["reference"])))
     res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
+    res["hard_pairs"] = len(hard)
+    res["hard_pref_agree"] = float(np.mean(hard)) if hard else None
+    res["hard_margin_fp_mean"] = float(np.mean(hard_fp)) if hard_fp else None
+    if res["hard_pref_agree"] is not None and res["hard_pref_agree"] < th.hard_pref_agree_min:
+        res["passed"] = False
+        res["failures"].append(f"hard_pref_agree {res['hard_pref_agree']:.3f} < {th.hard_pref_agree_min}")
     res["prompt_ids_match"] = float(np.mean(ids_match)) if ids_match else None
     if ids_match and not all(ids_match):
         res["passed"] = False
@@ -130,7 +154,8 @@ def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list,
     kl = kf if kf is not None else kk
     res: dict[str, Any] = {
         "artifact": m.artifact.path, "backend": m.backend.name, "quant": m.artifact.quant,
-        "bytes": m.artifact.entry.get("bytes"), "positions": int(kl.size),
+        "bytes": m.artifact.entry.get("bytes"), "bits_per_weight": m.artifact.entry.get("bits_per_weight"),
+        "positions": int(kl.size),
         "kl_source": "full" if kf is not None else "top-k",
         "kld_mean": float(kl.mean()) if kl.size else None, "kld_p99": float(np.percentile(kl, 99)) if kl.size else None,
         "kld_topk_mean": float(kk.mean()) if kk.size else None,
@@ -164,11 +189,14 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = ["| artifact | quant | MB | KLD mean | KLD p99 | top-1 | pref. agree | margin kept | greedy match | task acc (fp) | passed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| artifact | quant | MB | bits/w | KLD mean | KLD p99 | top-1 | pref. agree | hard pairs agree | margin kept | "
+             "greedy match | task acc (fp) | passed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['artifact']} | {r['quant']} | {f((r.get('bytes') or 0) / 1e6, '.1f')} | {f(r['kld_mean'], '.4f')} | "
-                     f"{f(r['kld_p99'], '.3f')} | {f(r['top1_agree'], '.1%')} | {f(r['pref_agree'], '.1%')} | "
+        hard = f"{f(r.get('hard_pref_agree'), '.1%')} of {r['hard_pairs']}" if r.get("hard_pairs") else "-"
+        lines.append(f"| {r['artifact']} | {r['quant']} | {f((r.get('bytes') or 0) / 1e6, '.1f')} | "
+                     f"{f(r.get('bits_per_weight'), '.2f')} | {f(r['kld_mean'], '.4f')} | "
+                     f"{f(r['kld_p99'], '.3f')} | {f(r['top1_agree'], '.1%')} | {f(r['pref_agree'], '.1%')} | {hard} | "
                      f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
                      f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""``select: smallest-passing``: of the candidates built for one format, ship the smallest that
+passed the alignment gate. Every candidate's numbers stay in the manifest (``selection``) and in
+alignment.md, so a user sees what was tried and why the shipped one was chosen; when no candidate
+of a format passes, the one that kept the most task accuracy stays, marked ``passed: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edge_kto_runtime.check import markdown_table
+
+from ..jsonl import write_atomic, write_json_atomic
+
+SUMMARY_KEYS = ("kld_mean", "top1_agree", "pref_agree", "hard_pref_agree", "hard_pairs", "greedy_match", "task_acc",
+                "task_acc_fp", "task_retention", "passed", "failures")
+
+
+def _rank_failing(a: dict[str, Any], per: dict[str, Any]) -> tuple:
+    r = per[a["path"]]
+    return (r.get("task_retention") or 0.0, -(r.get("kld_mean") or 0.0), -a["bytes"])
+
+
+def choose(artifacts: list[dict[str, Any]], per: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per backend, in the order backends first appear: the smallest passing artifact, else the best failing one."""
+    chosen = []
+    for backend in dict.fromkeys(a["backend"] for a in artifacts):
+        group = [a for a in artifacts if a["backend"] == backend]
+        passing = sorted((a for a in group if per[a["path"]]["passed"]), key=lambda a: a["bytes"])
+        chosen.append(passing[0] if passing else max(group, key=lambda a: _rank_failing(a, per)))
+    return chosen
+
+
+def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
+    """Apply ``mode`` to the checked bundle in ``bundle`` (a folder being built); returns the new manifest."""
+    mpath = bundle / "manifest.json"
+    m = json.loads(mpath.read_text())
+    per = m["alignment"]["per_artifact"]
+    arts = m["artifacts"]
+    kept = choose(arts, per) if mode == "smallest-passing" else arts
+    kept_paths = {a["path"] for a in kept}
+    m["selection"] = {"mode": mode, "chosen": [a["path"] for a in kept], "candidates": [
+        {"path": a["path"], "backend": a["backend"], "quant": a["quant"], "bytes": a["bytes"],
+         "bits_per_weight": a.get("bits_per_weight"), "recipe": a.get("recipe"), "selected": a["path"] in kept_paths,
+         **{k: per[a["path"]].get(k) for k in SUMMARY_KEYS}} for a in arts]}
+    if mode == "smallest-passing":
+        for a in arts:
+            if a["path"] not in kept_paths:
+                target = bundle / a["path"].rstrip("/")
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        m["artifacts"] = kept
+        m["alignment"]["per_artifact"] = {k: v for k, v in per.items() if k in kept_paths}
+        m["alignment"]["passed"] = all(per[p]["passed"] for p in kept_paths)
+        alignment.passed = m["alignment"]["passed"]
+        _append_selection(bundle / "alignment.md", alignment.results, kept_paths)
+    write_json_atomic(mpath, m)
+    return m
+
+
+def _append_selection(report: Path, results: list[dict[str, Any]], kept: set[str]) -> None:
+    lines = ["", "## Selection: smallest passing artifact per format", "",
+             "Every candidate above was built and checked; kept: " + ", ".join(f"`{p}`" for p in sorted(kept)) + ".",
+             "Candidates not kept were removed from the bundle; their numbers stay in manifest.json (`selection`).", ""]
+    passed = [r for r in results if r["passed"]]
+    if not passed:
+        lines.append("**No candidate passed the gate**: the kept artifacts are the ones that kept the most task accuracy.")
+    text = report.read_text(encoding="utf-8") if report.is_file() else markdown_table(results)
+    write_atomic(report, text + "\n".join(lines) + "\n")

@@ -1,0 +1,309 @@
+"""4-bit artifacts that keep what training taught: quantization-aware finishing, exact export,
+importance matrices, per-tensor types, hard pairs and smallest-passing selection.
+
+The round trip is checked against the real tools: llama.cpp's converter + ``llama_model_quantize``
+(read back with gguf-py) and the onnxruntime-genai builder (MatMulNBits initializers read back
+with onnx), on a tiny random Llama that uses SmolLM2's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import heldout_rows, write_jsonl
+
+from edge_kto.export import ExportConfig, run_export
+from edge_kto.export.candidates import CandidateError, parse_gguf, parse_onnx
+from edge_kto.export.golden import near_miss
+from edge_kto.export.llamacpp import convert_hf_to_gguf, quantize_gguf
+from edge_kto.export.select import choose
+from edge_kto.finish import FinishConfig, check_on_grid, run_finish
+from edge_kto.quant.fake import fake_quantize, q4_0_dequantized
+from edge_kto.quant.imatrix import ImatrixError, compute_imatrix, read_imatrix, write_imatrix
+
+LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+@pytest.fixture(scope="module")
+def kto_rows(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("qdata") / "kto.jsonl", heldout_rows())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir, kto_rows) -> Path:
+    out = tmp_path_factory.mktemp("finish") / "fin"
+    run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=4, batch_size=4,
+                            save_steps=2, lr=1e-3), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_bundle(tmp_path_factory, finished, kto_rows) -> Path:
+    out = tmp_path_factory.mktemp("finbundle") / "b"
+    return run_export(ExportConfig(source=str(finished), out=str(out), gguf=["Q4_0"], onnx=[{"accuracy_level": 1}],
+                                   golden_data=str(kto_rows), golden_max_new_tokens=8, check=False), progress=False).bundle
+
+
+def _finished_weights(finished: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(finished / "model" / "model.safetensors"))
+
+
+def test_fake_quant_is_llama_cpp_q4_0_arithmetic():
+    # A block whose max |w| is negative, a tie on |max| (first wins), an all-zero block, and
+    # values at the x*id + 8.5 truncation edge.
+    w = torch.zeros(3, 32)
+    w[0] = torch.linspace(-1.0, 0.7, 32)
+    w[1, 0], w[1, 1], w[1, 2:] = 0.5, -0.5, 0.125
+    q = q4_0_dequantized(w)
+    d0 = torch.tensor(-1.0 / -8.0).half().float()
+    assert q[0, 0] == -8 * d0 and torch.all(q[2] == 0)
+    # |0.5| == |-0.5|: the first sets the scale (d = -1/16), so -0.5 maps to code 16 and clips to 7.
+    assert q[1, 0] == 0.5 and q[1, 1] == -0.4375
+    assert torch.equal(q4_0_dequantized(q), q)  # the grid is a fixed point
+    x = torch.randn(4, 64, requires_grad=True)
+    fake_quantize(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight-through
+
+
+def test_finished_model_lies_on_the_grid(finished):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(finished / "model"), dtype=torch.float32)
+    assert check_on_grid(model) == []
+    rep = json.loads((finished / "finish_report.json").read_text())
+    assert rep["format"] == "q4_0" and rep["steps"] == 4 and rep["linears"] == 14
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's q/k row permutation (LlamaModel.permute)."""
+    r, c = w.shape
+    return w.reshape(n_head, r // n_head // 2, 2, c).swapaxes(1, 2).reshape(r, c)
+
+
+def test_gguf_q4_0_reproduces_finished_weights_exactly(finished, finished_bundle):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    cfg = json.loads((finished / "model" / "config.json").read_text())
+    hf = _finished_weights(finished)
+    r = GGUFReader(str(finished_bundle / "model-q4_0.gguf"))
+    seen = 0
+    for t in r.tensors:
+        parts = t.name.split(".")
+        if len(parts) != 4 or parts[2] not in LINEARS:
+            continue
+        assert t.tensor_type.name == "Q4_0", t.name
+        w = dequantize(t.data, t.tensor_type).reshape(int(t.shape[1]), int(t.shape[0]))
+        if parts[2] == "attn_q":
+            w = _unpermute(w, cfg["num_attention_heads"])
+        elif parts[2] == "attn_k":
+            w = _unpermute(w, cfg["num_key_value_heads"])
+        ref = hf[f"model.layers.{parts[1]}.{LINEARS[parts[2]]}.weight"].numpy()
+        assert np.abs(w - ref).max() == 0.0, t.name
+        seen += 1
+    assert seen == 14
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["token_embd.weight"] == "Q8_0"
+
+
+def _onnx_initializers(model_dir: Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(model_dir / "model.onnx"))
+    return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+
+
+def _unpack_int4(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    codes = np.stack([(q & 0xF), (q >> 4)], -1).reshape(q.shape[0], q.shape[1], -1).astype(np.float32)
+    return ((codes - 8) * scales.reshape(q.shape[0], q.shape[1], 1)).reshape(q.shape[0], -1)
+
+
+def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle):
+    hf = _finished_weights(finished)
+    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1")
+    for layer in range(2):
+        pre = f"model.layers.{layer}"
+        qkv = _unpack_int4(inits[f"{pre}.attn.qkv_proj.MatMul.weight_Q4"], inits[f"{pre}.attn.qkv_proj.MatMul.weight_scales"])
+        want = np.concatenate([hf[f"{pre}.self_attn.{p}_proj.weight"].numpy() for p in "qkv"])
+        assert np.abs(qkv - want).max() == 0.0
+        for onnx_name, hf_name in (("attn.o_proj", "self_attn.o_proj"), ("mlp.gate_proj", "mlp.gate_proj"),
+                                   ("mlp.up_proj", "mlp.up_proj"), ("mlp.down_proj", "mlp.down_proj")):
+            got = _unpack_int4(inits[f"{pre}.{onnx_name}.MatMul.weight_Q4"], inits[f"{pre}.{onnx_name}.MatMul.weight_scales"])
+            assert np.abs(got - hf[f"{pre}.{hf_name}.weight"].numpy()).max() == 0.0, onnx_name
+
+
+def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_bundle):
+    """accuracy_level=1: with the embedding and LM head set to what the builder stored, the torch
+    forward of the finished model and onnxruntime-genai agree within 1e-3 (log-probs)."""
+    from transformers import AutoModelForCausalLM
+
+    from edge_kto_runtime import load
+
+    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1")
+    q4, s4 = inits["model.embed_tokens.weight_Q4"].astype(np.float32), inits["model.embed_tokens.weight_scales"]
+    emb = (q4.reshape(q4.shape[0], -1, 32) * s4[..., None]).reshape(q4.shape[0], -1)
+    q8, s8 = inits["lm_head.MatMul.weight_Q8"], inits["lm_head.MatMul.weight_scales"]
+    head = ((q8.astype(np.float32) - 128) * s8[..., None]).reshape(q8.shape[0], -1)
+    model = AutoModelForCausalLM.from_pretrained(str(finished / "model"), dtype=torch.float32).eval()
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(head))
+    model.model.embed_tokens.weight = torch.nn.Parameter(torch.from_numpy(emb))
+    golden = [json.loads(x) for x in (finished_bundle / "golden.jsonl").read_text().splitlines()]
+    with load(finished_bundle, artifact="onnx-int4-acc1/", verify=False) as m:
+        for row in golden[:4]:
+            ids = row["prompt_ids"] + row["greedy_ids"]
+            pos = list(range(len(row["prompt_ids"]) - 1, len(ids) - 1))
+            ort = m.logprobs(ids, pos)
+            with torch.no_grad():
+                ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, pos].double(), -1).numpy()
+            assert np.abs(ort - ref).max() < 1e-3
+
+
+def test_imatrix_round_trip_and_refusals(tmp_path, tiny_model_dir, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    seqs = [smol_tokenizer(t)["input_ids"] for t in ("Reset the hub: hold the button 10 seconds.", "Pair the app.")]
+    im = compute_imatrix(model, seqs, progress=False, dataset="unit")
+    assert len(im.sums) == 14 and im.tokens == sum(len(s) for s in seqs)
+    x = torch.tensor([seqs[0]])  # the first layer's q input is the normed embedding: check one column by hand
+    with torch.no_grad():
+        h = model.model.layers[0].input_layernorm(model.model.embed_tokens(x))[0].double()
+    np.testing.assert_allclose(im.sums["blk.0.attn_q.weight"][:3], (h * h).sum(0)[:3].numpy() + 0, rtol=0.5)
+    path = write_imatrix(im, tmp_path / "im.gguf")
+    back = read_imatrix(path)
+    assert set(back.sums) == set(im.sums) and back.counts == im.counts and back.datasets == ["unit"]
+    for k in im.sums:
+        np.testing.assert_allclose(back.sums[k], im.sums[k].astype(np.float32))
+    back.check_shapes({k: v.size for k, v in im.sums.items()})
+    with pytest.raises(ImatrixError, match=r"blk\.0\.attn_q\.weight: 64 values, the model's tensor has 576"):
+        back.check_shapes({"blk.0.attn_q.weight": 576})
+    with pytest.raises(ImatrixError, match="none of its"):
+        back.check_shapes({"other.weight": 64})
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(ImatrixError, match="junk.gguf: not a GGUF importance matrix"):
+        read_imatrix(tmp_path / "junk.gguf")
+
+
+def test_imatrix_and_tensor_overrides_reach_llama_cpp(tmp_path, tiny_model_dir, smol_tokenizer):
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "f32.gguf"
+    convert_hf_to_gguf(tiny_model_dir, base, "f32")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    im = compute_imatrix(model, [smol_tokenizer("hello world, how are you")["input_ids"]], progress=False)
+    plain, weighted = tmp_path / "plain.gguf", tmp_path / "imat.gguf"
+    quantize_gguf(base, plain, "Q4_0", pure=True)
+    quantize_gguf(base, weighted, "Q4_0", pure=True, imatrix=im.means(), tensor_types={"ffn_down": "Q8_0"})
+    a = {t.name: t for t in GGUFReader(str(plain)).tensors}
+    b = {t.name: t for t in GGUFReader(str(weighted)).tensors}
+    assert b["blk.0.ffn_down.weight"].tensor_type.name == "Q8_0" and a["blk.0.ffn_down.weight"].tensor_type.name == "Q4_0"
+    assert b["blk.0.attn_q.weight"].tensor_type.name == "Q4_0"
+    assert not np.array_equal(a["blk.0.attn_q.weight"].data, b["blk.0.attn_q.weight"].data)  # the imatrix changed the rounding
+    with pytest.raises(ValueError, match=r"regex 'ffn_dwn' matches no tensor"):
+        quantize_gguf(base, tmp_path / "x.gguf", "Q4_0", tensor_types={"ffn_dwn": "Q8_0"})
+
+
+def test_candidate_specs_refused_with_names():
+    assert parse_gguf("q4_k_m").path == "model-q4_k_m.gguf"
+    c = parse_gguf({"type": "IQ4_NL", "imatrix": True, "tensor_types": {"ffn_down": "q6_k"}})
+    assert c.path == "model-iq4_nl-imat-mix.gguf" and c.tensor_types == {"ffn_down": "Q6_K"}
+    with pytest.raises(CandidateError, match="'Q4_XX': unknown type"):
+        parse_gguf("Q4_XX")
+    with pytest.raises(CandidateError, match=r"tensor_types\['ffn_down'\] = 'Q9_9' is not a GGML type"):
+        parse_gguf({"type": "Q4_0", "tensor_types": {"ffn_down": "Q9_9"}})
+    with pytest.raises(CandidateError, match=r"regex '\(' is invalid"):
+        parse_gguf({"type": "Q4_0", "tensor_types": {"(": "Q8_0"}})
+    with pytest.raises(CandidateError, match=r"unknown option\(s\) \['imatrx'\]"):
+        parse_gguf({"type": "Q4_0", "imatrx": True})
+    assert [o.path for o in parse_onnx([{}, {"accuracy_level": 1}])] == ["onnx-int4/", "onnx-int4-acc1/"]
+    with pytest.raises(CandidateError, match="accuracy_level must be 0-4"):
+        parse_onnx({"accuracy_level": 7})
+    with pytest.raises(CandidateError, match="same artifact"):
+        ExportConfig(source="x", out="y", gguf=["Q4_0", "q4_0"]).candidates()
+
+
+def test_near_miss_breaks_exactly_one_fact():
+    from edge_kto_runtime.verifiers import contains_all
+
+    ref = ["10 seconds", "Settings > Hub"]
+    text = "Open Settings > Hub and hold the button for 10 seconds."
+    miss = near_miss(text, ref)
+    assert miss == "Open Settings > Hub and hold the button for 11 seconds."
+    assert contains_all(text, ref) and not contains_all(miss, ref)
+    assert near_miss("Open Settings > Hub now.", ["Settings > Hub"]) == "Open now."
+    assert near_miss("nothing relevant", ref) is None
+
+
+def test_choose_keeps_smallest_passing_else_best_failing():
+    arts = [{"path": "a.gguf", "backend": "llama.cpp", "bytes": 300}, {"path": "b.gguf", "backend": "llama.cpp", "bytes": 100},
+            {"path": "c.gguf", "backend": "llama.cpp", "bytes": 200}, {"path": "o1/", "backend": "onnxruntime-genai", "bytes": 50},
+            {"path": "o2/", "backend": "onnxruntime-genai", "bytes": 80}]
+    per = {"a.gguf": {"passed": True}, "b.gguf": {"passed": False}, "c.gguf": {"passed": True},
+           "o1/": {"passed": False, "task_retention": 0.5, "kld_mean": 0.3},
+           "o2/": {"passed": False, "task_retention": 0.9, "kld_mean": 0.4}}
+    assert [a["path"] for a in choose(arts, per)] == ["c.gguf", "o2/"]
+
+
+def test_export_selects_smallest_passing_and_reports_when_none_passes(tmp_path, tiny_model_dir, kto_rows):
+    common = dict(source=str(tiny_model_dir), gguf=["F16", "Q8_0", "Q4_0"], onnx=False, golden_data=str(kto_rows),
+                  golden_max_new_tokens=8, golden_limit=4, select="smallest-passing")
+    # Q4_0 of a random tiny model drifts far; Q8_0 and F16 stay close: the smallest of those two is kept.
+    res = run_export(ExportConfig(out=str(tmp_path / "b1"), thresholds={"kld_mean_max": 0.02, "top1_min": 0.5,
+                                                                        "pref_agree_min": 0.0}, **common), progress=False)
+    sel = res.manifest["selection"]
+    per = {c["path"]: c for c in sel["candidates"]}
+    passing = sorted((c for c in sel["candidates"] if c["passed"]), key=lambda c: c["bytes"])
+    assert passing and sel["chosen"] == [passing[0]["path"]] and len(sel["candidates"]) == 3
+    assert [a["path"] for a in res.manifest["artifacts"]] == sel["chosen"]
+    assert {p.name for p in res.bundle.iterdir() if p.suffix == ".gguf"} == set(sel["chosen"])
+    assert res.alignment.passed and res.manifest["alignment"]["passed"] is True
+    assert all(per[p]["kld_mean"] is not None for p in per)
+    assert "Selection: smallest passing" in (res.bundle / "alignment.md").read_text()
+    # Impossible thresholds: nothing passes -> the bundle says so (passed: false), the CLI exits 3.
+    res2 = run_export(ExportConfig(out=str(tmp_path / "b2"), thresholds={"kld_mean_max": -1.0}, **common), progress=False)
+    assert not res2.alignment.passed and res2.manifest["alignment"]["passed"] is False
+    assert len(res2.manifest["artifacts"]) == 1
+    assert "No candidate passed the gate" in (res2.bundle / "alignment.md").read_text()
+    # A failing export never replaces a good bundle: it is left beside it as NAME.failed.
+    res3 = run_export(ExportConfig(out=str(tmp_path / "b1"), force=True, thresholds={"kld_mean_max": -1.0}, **common),
+                      progress=False)
+    assert res3.bundle == tmp_path / "b1.failed" and (tmp_path / "b1" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "b1" / "manifest.json").read_text())["alignment"]["passed"] is True
+
+
+def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "edge_kto.cli", "finish", str(tiny_model_dir), "--data", str(kto_rows), "--out", str(out),
+                "--steps", "40", "--batch-size", "4", "--save-steps", "3", "--lr", "1e-3", "--quiet"]
+
+    p = subprocess.Popen(cmd(tmp_path / "killed"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "killed" / "checkpoints" / "step-6").is_dir():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (tmp_path / "killed" / "finish_report.json").exists()
+    subprocess.run(cmd(tmp_path / "killed"), check=True)
+    subprocess.run(cmd(tmp_path / "straight"), check=True)
+    rep = json.loads((tmp_path / "killed" / "finish_report.json").read_text())
+    assert rep["resumed_from"] is not None and rep["resumed_from"] % 3 == 0 and 6 <= rep["resumed_from"] < 40
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+    a, b = _finished_weights(tmp_path / "killed"), _finished_weights(tmp_path / "straight")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6

@@ -108,7 +108,8 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
                              f"golden prompts (KL exact, from the full fp distribution).\n\n" + markdown_table(results))
         m["alignment"] = {"reference": "fp32 (transformers)", "golden_rows": len(golden), "verifier": spec,
                           "thresholds": th.__dict__, "passed": passed,
-                          "per_artifact": {r["artifact"]: {k: v for k, v in r.items() if k not in ("thresholds",)} for r in results}}
+                          "per_artifact": {r["artifact"]: {k: v for k, v in r.items() if k not in ("thresholds", "rows")}
+                                           for r in results}}
         write_json_atomic(b.root / "manifest.json", m)
     return CheckResult(results, passed, report, time.perf_counter() - t0)
 

@@ -109,7 +109,7 @@ class AppendLog:
             with self.path.open("r+b") as f:
                 f.truncate(cut)
         rows = []
-        for line in data[:cut].decode("utf-8").splitlines():
+        for line in data[:cut].decode("utf-8").split("\n"):  # never splitlines(): U+2028 etc. live inside rows
             if line.strip():
                 rows.append(json.loads(line))
         return rows

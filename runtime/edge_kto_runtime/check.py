@@ -94,7 +94,7 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
     th = thresholds or Thresholds()
     kl_k, kl_f, top1 = [], [], []
     pref, margins_fp, margins_art, greedy_eq, hard, hard_fp = [], [], [], [], [], []
-    acc_fp, acc_art, ids_match = [], [], []
+    acc_fp, acc_art, ids_match, per_row = [], [], [], []
     for row in golden:
         p, g = row["prompt_ids"], row["greedy_ids"]
         ids_match.append(m.encode(row["messages"]) == p)  # the device's template + tokenizer give the trained ids
@@ -122,9 +122,11 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
             pref.append((m_fp > 0) == (m_art > 0))
             margins_fp.append(abs(m_fp))
             margins_art.append(m_art if m_fp > 0 else -m_art)
+        row_hard = None
         for gi, bi in _hard_pairs(comps):
             m_fp = comps[gi]["logp"] - comps[bi]["logp"]
-            hard.append((m_fp > 0) == (art_logp(gi) - art_logp(bi) > 0))
+            row_hard = (m_fp, art_logp(gi) - art_logp(bi))
+            hard.append((m_fp > 0) == (row_hard[1] > 0))
             hard_fp.append(abs(m_fp))
         art_ids = _greedy_ids(m, p, max(len(g), 1))
         greedy_eq.append(art_ids == g)
@@ -132,6 +134,9 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
             art_text = m.backend.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
             acc_fp.append(bool(verifier(row["greedy_text"], row["reference"])))
             acc_art.append(bool(verifier(art_text, row["reference"])))
+        per_row.append({"id": row.get("id"), "task_ok_fp": acc_fp[-1] if acc_art else None,
+                        "task_ok": acc_art[-1] if acc_art else None, "greedy_match": greedy_eq[-1],
+                        "hard_margin_fp": row_hard[0] if row_hard else None, "hard_margin": row_hard[1] if row_hard else None})
     res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
     res["hard_pairs"] = len(hard)
     res["hard_pref_agree"] = float(np.mean(hard)) if hard else None
@@ -140,6 +145,7 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
         res["passed"] = False
         res["failures"].append(f"hard_pref_agree {res['hard_pref_agree']:.3f} < {th.hard_pref_agree_min}")
     res["prompt_ids_match"] = float(np.mean(ids_match)) if ids_match else None
+    res["rows"] = per_row  # per golden prompt: which facts this artifact keeps (not stored in the manifest)
     if ids_match and not all(ids_match):
         res["passed"] = False
         res["failures"].append(f"chat template / tokenizer: {len(ids_match) - sum(ids_match)} of {len(ids_match)} golden "
@@ -182,7 +188,8 @@ def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list,
 
 
 def read_golden(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    # split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON strings may hold
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .jsonl import DataError
 
@@ -159,7 +160,13 @@ def cmd_export(a: argparse.Namespace) -> int:
                        thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
                        select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
     res = run_export(cfg, progress=not a.quiet)
-    print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
+    if res.bundle.resolve() != Path(a.out).resolve():
+        print(f"{res.bundle}: this export FAILED the alignment gate; the existing bundle {a.out} was kept", file=sys.stderr)
+    else:
+        print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
+    sel = res.manifest.get("selection")
+    if sel and sel["mode"] == "smallest-passing":
+        print(f"selected (smallest passing per format, of {len(sel['candidates'])} candidates): {', '.join(sel['chosen'])}")
     for art in res.manifest["artifacts"]:
         extra = f", {art['bits_per_weight']} bits/weight, {art['k_quant_fallbacks']} K-quant fallbacks" if "bits_per_weight" in art else ""
         print(f"  {art['path']:<24} {art['backend']:<18} {art['quant']:<16} {art['bytes'] / 1e6:8.1f} MB{extra}")
@@ -188,7 +195,7 @@ def _gguf_options(a: argparse.Namespace) -> dict:
 
 
 FINISH_FLAGS = {"steps": int, "batch_size": int, "lr": float, "kl_weight": float, "ce_weight": float, "max_length": int,
-                "save_steps": int, "seed": int, "threads": int}
+                "save_steps": int, "seed": int, "threads": int, "activations": str}
 
 
 def cmd_finish(a: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
-from .quant.fake import FORMATS, on_grid, quantizable_linears, unwrap_linears, wrap_linears
+from .quant.fake import ACTIVATIONS, FORMATS, on_grid, quantizable_linears, unwrap_linears, wrap_linears
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class FinishConfig:
     data: str  # KTO rows of the *training* split (never the eval split)
     out: str  # finish folder: model/, checkpoints/, metrics.jsonl, finish_report.json
     format: str = "q4_0"  # the shipped grid: GGUF Q4_0 == ONNX int4 block 32 symmetric
+    activations: str = "fp"  # "q8_0": also train through llama.cpp's 8-bit activation rounding
     steps: int = 60
     batch_size: int = 8
     lr: float = 2e-5
@@ -59,6 +60,8 @@ class FinishConfig:
         errs = []
         if self.format not in FORMATS:
             errs.append(f"format: one of {list(FORMATS)}, got {self.format!r}")
+        if self.activations not in ACTIVATIONS:
+            errs.append(f"activations: one of {list(ACTIVATIONS)}, got {self.activations!r}")
         for name in ("steps", "batch_size", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 errs.append(f"{name}: must be >= 1")
@@ -199,7 +202,7 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     student = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    wrapped = wrap_linears(student, cfg.format)
+    wrapped = wrap_linears(student, cfg.format, cfg.activations)
     named = {n: p for n, p in student.named_parameters()}
     params = _trainable(student)
     names = {id(p): n for n, p in named.items()}

@@ -79,3 +79,13 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
     p = _run([str(cfg), "--quiet"])
     text, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and text.count("cached") >= 8, text[-2000:]
+
+
+@pytest.mark.parametrize("section,key", [("finish", "stpes"), ("export", "ggfu")])
+def test_pipeline_refuses_unknown_finish_and_export_keys_at_load(tmp_path, section, key):
+    from edge_kto.pipeline import PipelineConfig
+
+    p = tmp_path / "p.yaml"
+    p.write_text(f"task: {TASK}\n{section}: {{{key}: 1}}\n")
+    with pytest.raises(ValueError, match=rf"p\.yaml: {section}: unknown key\(s\) \['{key}'\]"):
+        PipelineConfig.from_yaml(p)

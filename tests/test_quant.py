@@ -78,6 +78,19 @@ def test_fake_quant_is_llama_cpp_q4_0_arithmetic():
     assert torch.equal(x.grad, torch.ones_like(x))  # straight-through
 
 
+def test_q8_0_activation_rounding_as_llama_cpp():
+    from edge_kto.quant.fake import q8_0_activations
+
+    x = torch.tensor([[0.0] * 31 + [1.27] + [0.5] * 32], requires_grad=True)
+    y = q8_0_activations(x)
+    d1 = torch.tensor(1.27 / 127).half().float()  # per 32-block: d = amax / 127, stored fp16
+    assert torch.allclose(y[0, 31], 127 * d1) and torch.allclose(y[0, 32], 127 * torch.tensor(0.5 / 127).half().float())
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    with pytest.raises(ValueError, match="activations: one of"):
+        FinishConfig(source="s", data="d", out="o", activations="int8").validate()
+
+
 def test_finished_model_lies_on_the_grid(finished):
     from transformers import AutoModelForCausalLM
 

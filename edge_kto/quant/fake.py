@@ -27,6 +27,7 @@ from torch import nn
 
 BLOCK = 32
 FORMATS = ("q4_0",)  # the grids a model can be finished against (GGUF Q4_0 == ONNX int4 b32 symmetric)
+ACTIVATIONS = ("fp", "q8_0")  # q8_0: as llama.cpp's CPU kernels (and onnxruntime at accuracy_level 4) see inputs
 
 
 def q4_0_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +56,18 @@ def fake_quantize(w: torch.Tensor, fmt: str = "q4_0") -> torch.Tensor:
     return w + (w_hat - w).detach()
 
 
+def q8_0_activations(x: torch.Tensor) -> torch.Tensor:
+    """Linear inputs as llama.cpp's CPU matmuls see them: blocks of 32, d = amax/127 (fp16), round;
+    straight-through. (Rounding ties to even here, away from zero in llama.cpp's scalar path.)"""
+    if x.shape[-1] % BLOCK:
+        return x
+    b = x.reshape(*x.shape[:-1], -1, BLOCK)
+    d = b.detach().abs().amax(-1, keepdim=True) / 127.0
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    x_hat = (torch.round(b.detach() / safe) * d.half().to(x.dtype)).reshape(x.shape)
+    return x + (x_hat - x).detach()
+
+
 def on_grid(w: torch.Tensor, fmt: str = "q4_0") -> bool:
     """True when ``w`` is already a fixed point of the quantizer (what a finished model stores)."""
     return bool(torch.equal(q4_0_dequantized(w), w.detach().float()))
@@ -63,13 +76,15 @@ def on_grid(w: torch.Tensor, fmt: str = "q4_0") -> bool:
 class FakeQuantLinear(nn.Module):
     """A Linear whose forward sees its weight on the shipped grid; gradients pass straight through."""
 
-    def __init__(self, linear: nn.Linear, fmt: str = "q4_0"):
+    def __init__(self, linear: nn.Linear, fmt: str = "q4_0", activations: str = "fp"):
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
-        self.fmt = fmt
+        self.fmt, self.activations = fmt, activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations == "q8_0":
+            x = q8_0_activations(x)
         return F.linear(x, fake_quantize(self.weight, self.fmt), self.bias)
 
 
@@ -80,13 +95,13 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and m is not head and m.in_features % BLOCK == 0}
 
 
-def wrap_linears(model: nn.Module, fmt: str = "q4_0") -> list[str]:
+def wrap_linears(model: nn.Module, fmt: str = "q4_0", activations: str = "fp") -> list[str]:
     """Replace every quantizable Linear by a :class:`FakeQuantLinear` sharing its parameters."""
     names = list(quantizable_linears(model))
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FakeQuantLinear(getattr(parent, child), fmt))
+        setattr(parent, child, FakeQuantLinear(getattr(parent, child), fmt, activations))
     return names
 
 

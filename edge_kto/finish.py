@@ -267,12 +267,6 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     return FinishResult(out, model_dir, cfg.steps, resumed, final, report["seconds"])
 
 
-def finished_format(model_dir: str | Path) -> str | None:
-    """The grid a model folder was finished on (from the finish folder around it), else None."""
-    rep = Path(model_dir).parent / "finish_report.json"
-    return json.loads(rep.read_text()).get("format") if rep.is_file() else None
-
-
 def check_on_grid(model: torch.nn.Module, fmt: str = "q4_0") -> list[str]:
     """Names of quantizable Linears whose weights are *not* on the grid (empty for a finished model)."""
     return [n for n, m in quantizable_linears(model).items() if not on_grid(m.weight, fmt)]

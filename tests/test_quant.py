@@ -9,7 +9,6 @@ with onnx), on a tiny random Llama that uses SmolLM2's tokenizer.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

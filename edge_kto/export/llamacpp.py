@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..models.fetch import cache_root
 
@@ -146,7 +147,7 @@ def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16", conv: Conv
 
 
 def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, *,
-                  imatrix: dict[str, "np.ndarray"] | None = None, tensor_types: dict[str, str] | None = None,
+                  imatrix: dict[str, Any] | None = None, tensor_types: dict[str, str] | None = None,
                   token_embedding_type: str | None = None, output_type: str | None = None,
                   pure: bool = False) -> float:
     """``llama_model_quantize`` to ``qtype`` (e.g. Q4_K_M); returns its wall time in seconds.

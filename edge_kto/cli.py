@@ -150,15 +150,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     gguf = [{"type": t, **opts} if opts else t for t in a.gguf.split(",") if t]
     onnx = False if a.no_onnx else {k: v for k, v in (("accuracy_level", a.onnx_accuracy_level), ("algo_config", a.onnx_algo),
                                                       ("int8_layers", a.onnx_int8_layers or None)) if v is not None}
-    fields = {"gguf": gguf, "onnx": onnx if onnx != {} else True}
-    if a.config:  # candidates and other ExportConfig fields from YAML; flags given explicitly still win
-        import yaml
-
-        fields = {**fields, **(yaml.safe_load(open(a.config, encoding="utf-8")) or {}).get("export", {})}
-    cfg = ExportConfig(source=a.source, out=a.out, **fields, onnx_int8_head=not a.onnx_int4_head, golden_data=a.golden_data,
-                       golden_limit=a.golden_limit, golden_verifier=a.verifier, check=not a.no_check,
-                       thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
-                       select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
+    fields = dict(gguf=gguf, onnx=onnx if onnx != {} else True, onnx_int8_head=not a.onnx_int4_head,
+                  golden_data=a.golden_data, golden_limit=a.golden_limit, golden_verifier=a.verifier, check=not a.no_check,
+                  thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
+                  select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
+    if a.config:  # ExportConfig fields from YAML (an `export:` key optional); they override the flags
+        fields.update(_export_yaml(a.config))
+    cfg = ExportConfig(source=a.source, out=a.out, **fields)
     res = run_export(cfg, progress=not a.quiet)
     if res.bundle.resolve() != Path(a.out).resolve():
         print(f"{res.bundle}: this export FAILED the alignment gate; the existing bundle {a.out} was kept", file=sys.stderr)
@@ -173,6 +171,24 @@ def cmd_export(a: argparse.Namespace) -> int:
     if res.alignment is not None:
         return _print_alignment(res.alignment)
     return 0
+
+
+def _export_yaml(path: str) -> dict:
+    import dataclasses
+
+    import yaml
+
+    from .export import ExportConfig
+
+    d = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    d = d.get("export", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of ExportConfig fields")
+    known = {f.name for f in dataclasses.fields(ExportConfig)} - {"source", "out"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown export option(s) {unknown}; known: {sorted(known)}")
+    return d
 
 
 def _gguf_options(a: argparse.Namespace) -> dict:

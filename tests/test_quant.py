@@ -319,3 +319,20 @@ def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     assert steps == list(range(1, 41))
     a, b = _finished_weights(tmp_path / "killed"), _finished_weights(tmp_path / "straight")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_export_config_yaml_maps_onto_export_config(tmp_path):
+    from edge_kto.cli import _export_yaml
+
+    good = tmp_path / "export.yaml"
+    good.write_text("export: {gguf: [Q4_0, {type: IQ4_NL, imatrix: true}], onnx: [{accuracy_level: 1}], "
+                    "select: smallest-passing, golden_limit: 80}\n")
+    d = _export_yaml(str(good))
+    cfg = ExportConfig(source="s", out="o", **d)
+    gg, ox = cfg.candidates()
+    assert [c.path for c in gg] == ["model-q4_0.gguf", "model-iq4_nl-imat.gguf"] and cfg.imatrix == "auto"
+    assert [c.path for c in ox] == ["onnx-int4-acc1/"] and cfg.golden_limit == 80
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export: {ggfu: [Q4_0]}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown export option\(s\) \['ggfu'\]"):
+        _export_yaml(str(bad))

@@ -159,6 +159,15 @@ def _step_loss(cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[
     return loss, {"loss": loss.item(), "kl": kl.item(), "ce": ce.item(), "top1_agree": top1.item(), "tokens": int(targets.numel())}
 
 
+def _same_job(out: Path, cfg: FinishConfig) -> None:
+    """A checkpoint is resumed only by the job that wrote it (same source, data and settings)."""
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    changed = sorted(k for k, v in asdict(cfg).items() if k != "threads" and k in saved and saved[k] != v)
+    if changed:
+        raise ValueError(f"{out}: holds a checkpoint of a different finishing job (changed: {', '.join(changed)}); "
+                         f"use another --out or delete {out / 'checkpoints'}")
+
+
 def _latest_checkpoint(out: Path) -> tuple[int, Path] | None:
     found = [(int(p.name[5:]), p) for p in (out / "checkpoints").glob("step-*")
              if p.name[5:].isdigit() and (p / "state.pt").is_file()]
@@ -216,6 +225,7 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     out.mkdir(parents=True, exist_ok=True)
     last = _latest_checkpoint(out)
     if last is not None:
+        _same_job(out, cfg)
         state = torch.load(last[1] / "state.pt", weights_only=False)
         with torch.no_grad():
             for n, w in state["weights"].items():

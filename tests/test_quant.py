@@ -319,6 +319,14 @@ def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     assert steps == list(range(1, 41))
     a, b = _finished_weights(tmp_path / "killed"), _finished_weights(tmp_path / "straight")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # A checkpoint is only resumed by the same job: other settings are refused, naming what changed.
+    other = tmp_path / "other"
+    (other / "checkpoints" / "step-3").mkdir(parents=True)
+    torch.save({"step": 3}, other / "checkpoints" / "step-3" / "state.pt")
+    (other / "config.json").write_text(json.dumps({"lr": 0.5, "steps": 40}))
+    with pytest.raises(ValueError, match="different finishing job .changed: lr"):
+        run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(other), steps=40, lr=1e-3,
+                                batch_size=4), progress=False)
 
 
 def test_export_config_yaml_maps_onto_export_config(tmp_path):

@@ -61,8 +61,7 @@ def _finished_weights(finished: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fake_quant_is_llama_cpp_q4_0_arithmetic():
-    # A block whose max |w| is negative, a tie on |max| (first wins), an all-zero block, and
-    # values at the x*id + 8.5 truncation edge.
+    # A block whose max |w| is negative, a tie on |max| (the first sets the scale), an all-zero block.
     w = torch.zeros(3, 32)
     w[0] = torch.linspace(-1.0, 0.7, 32)
     w[1, 0], w[1, 1], w[1, 2:] = 0.5, -0.5, 0.125
@@ -192,10 +191,11 @@ def test_imatrix_round_trip_and_refusals(tmp_path, tiny_model_dir, smol_tokenize
     seqs = [smol_tokenizer(t)["input_ids"] for t in ("Reset the hub: hold the button 10 seconds.", "Pair the app.")]
     im = compute_imatrix(model, seqs, progress=False, dataset="unit")
     assert len(im.sums) == 14 and im.tokens == sum(len(s) for s in seqs)
-    x = torch.tensor([seqs[0]])  # the first layer's q input is the normed embedding: check one column by hand
+    # The first layer's q input is the normed embedding: recompute its per-column sum of x² by hand.
     with torch.no_grad():
-        h = model.model.layers[0].input_layernorm(model.model.embed_tokens(x))[0].double()
-    np.testing.assert_allclose(im.sums["blk.0.attn_q.weight"][:3], (h * h).sum(0)[:3].numpy() + 0, rtol=0.5)
+        h = torch.cat([model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor([q])))[0] for q in seqs])
+    np.testing.assert_allclose(im.sums["blk.0.attn_q.weight"], (h.double() ** 2).sum(0).numpy(), rtol=1e-5)
+    assert im.counts["blk.0.attn_q.weight"] == h.shape[0]
     path = write_imatrix(im, tmp_path / "im.gguf")
     back = read_imatrix(path)
     assert set(back.sums) == set(im.sums) and back.counts == im.counts and back.datasets == ["unit"]

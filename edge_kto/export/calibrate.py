@@ -19,13 +19,13 @@ def calibration_sequences(tok: Any, data: str, limit: int) -> list[list[int]]:
     folder's training split or a prompt file (the activations that produce the task's answers)."""
     from ..data import read_kto, read_prompts, read_task, to_messages
     from ..train.tokenize import TokenizeReport, tokenize_example
-    from .golden import _looks_like_kto, chat_ids
+    from .golden import looks_like_kto, chat_ids
 
     p = Path(data)
     if p.is_dir():
         task = read_task(p)
         return [chat_ids(tok, to_messages(it.prompt, task.system)) for it in task.train[:limit]]
-    if _looks_like_kto(p):
+    if looks_like_kto(p):
         rep, seqs = TokenizeReport(), []
         for i, ex in enumerate(read_kto(p)):
             if ex.label:

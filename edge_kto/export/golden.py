@@ -35,7 +35,7 @@ class GoldenPrompt:
     hard: list[tuple[int, str]] | None = None  # (index of a desirable completion, its near miss)
 
 
-def _looks_like_kto(path: Path) -> bool:
+def looks_like_kto(path: Path) -> bool:
     for _, obj in iter_jsonl(path):
         return isinstance(obj, dict) and ("label" in obj or "chosen" in obj)
     return False
@@ -47,7 +47,7 @@ def read_golden_prompts(source: str | Path, system: str | None = None, limit: in
     if p.is_dir():
         task = read_task(p)
         return [GoldenPrompt(it.id, to_messages(it.prompt, task.system), it.reference) for it in task.eval[:limit]]
-    if _looks_like_kto(p):
+    if looks_like_kto(p):
         return kto_examples_to_golden(read_kto(p))[:limit]
     return [GoldenPrompt(it.id, to_messages(it.prompt, system), it.reference) for it in read_prompts(p)[:limit]]
 

@@ -130,12 +130,13 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
             hard_fp.append(abs(m_fp))
         art_ids = _greedy_ids(m, p, max(len(g), 1))
         greedy_eq.append(art_ids == g)
+        ok_fp = ok_art = None
         if verifier is not None and row.get("reference") is not None:
             art_text = m.backend.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
-            acc_fp.append(bool(verifier(row["greedy_text"], row["reference"])))
-            acc_art.append(bool(verifier(art_text, row["reference"])))
-        per_row.append({"id": row.get("id"), "task_ok_fp": acc_fp[-1] if acc_art else None,
-                        "task_ok": acc_art[-1] if acc_art else None, "greedy_match": greedy_eq[-1],
+            ok_fp, ok_art = bool(verifier(row["greedy_text"], row["reference"])), bool(verifier(art_text, row["reference"]))
+            acc_fp.append(ok_fp)
+            acc_art.append(ok_art)
+        per_row.append({"id": row.get("id"), "task_ok_fp": ok_fp, "task_ok": ok_art, "greedy_match": greedy_eq[-1],
                         "hard_margin_fp": row_hard[0] if row_hard else None, "hard_margin": row_hard[1] if row_hard else None})
     res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
     res["hard_pairs"] = len(hard)

@@ -162,6 +162,10 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"{res.bundle}: this export FAILED the alignment gate; the existing bundle {a.out} was kept", file=sys.stderr)
     else:
         print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
+    from edge_kto_runtime.bundle import manifest_digest
+
+    print(f"manifest digest (sha256 of manifest.json, the bundle's integrity root): {manifest_digest(res.bundle)}\n"
+          f"  check it on the device: edge-runtime verify BUNDLE --expect {manifest_digest(res.bundle)}")
     sel = res.manifest.get("selection")
     if sel and sel["mode"] == "smallest-passing":
         print(f"selected (smallest passing per format, of {len(sel['candidates'])} candidates): {', '.join(sel['chosen'])}")
@@ -211,13 +215,13 @@ def _gguf_options(a: argparse.Namespace) -> dict:
 
 
 FINISH_FLAGS = {"steps": int, "batch_size": int, "lr": float, "kl_weight": float, "ce_weight": float, "max_length": int,
-                "save_steps": int, "seed": int, "threads": int, "activations": str}
+                "save_steps": int, "seed": int, "threads": int, "activations": str, "on_policy_max_new_tokens": int}
 
 
 def cmd_finish(a: argparse.Namespace) -> int:
     from .finish import FinishConfig, run_finish
 
-    given = {k: getattr(a, k) for k in FINISH_FLAGS if getattr(a, k) is not None}  # FinishConfig holds the defaults
+    given = {k: getattr(a, k) for k in (*FINISH_FLAGS, "on_policy", "mixed") if getattr(a, k) is not None}  # defaults: FinishConfig
     cfg = FinishConfig(source=a.source, data=a.data, out=a.out, **given)
     res = run_finish(cfg, progress=not a.quiet)
     f = res.final
@@ -374,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--out", required=True, help="finish folder (model/, metrics.jsonl, finish_report.json)")
     for name, typ in FINISH_FLAGS.items():
         fi.add_argument("--" + name.replace("_", "-"), type=typ, help=f"FinishConfig.{name}")
+    fi.add_argument("--mixed", action="store_true", default=None,
+                    help="the sensitive q/k/v/down projections ship at 8-bit (export picks them up): train them unquantized")
+    fi.add_argument("--on-policy", action="store_true", default=None,
+                    help="also match the fp student on its own greedy answers to the training prompts")
     fi.add_argument("--quiet", action="store_true")
     fi.set_defaults(func=cmd_finish)
 

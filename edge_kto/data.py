@@ -157,7 +157,7 @@ def read_kto(path: str | Path, seed: int = 0) -> list[KTOExample]:
     seen: dict[str, int] = {}
     out: list[KTOExample] = []
     had_pairs = False
-    for line, obj in iter_jsonl(path):
+    for line, obj in iter_jsonl(path, chk.issues):
         rid = chk.unique_id(line, obj.get("id"), seen)
         extra = {k: obj[k] for k in _PROVENANCE_KEYS if k in obj and k != "source"}
         if "chosen" in obj or "rejected" in obj:
@@ -209,7 +209,7 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
     chk = _Checker(str(path))
     seen: dict[str, int] = {}
     out: list[PromptItem] = []
-    for line, obj in iter_jsonl(path):
+    for line, obj in iter_jsonl(path, chk.issues):
         rid = chk.unique_id(line, obj.get("id"), seen)
         if obj.get("id") is None:
             rid = f"line{line}"

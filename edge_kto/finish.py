@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
-from .quant.fake import ACTIVATIONS, FORMATS, on_grid, quantizable_linears, unwrap_linears, wrap_linears
+from .resume import check_same_job, job_record
+from .quant.fake import (ACTIVATIONS, FORMATS, mixed_8bit_layers, mixed_8bit_names, on_grid, quantizable_linears,
+                         unwrap_linears, wrap_linears)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class FinishConfig:
     kl_weight: float = 1.0  # KL(fp || fake-quant) per completion token, every row
     ce_weight: float = 1.0  # cross-entropy per completion token, desirable rows only
     max_length: int = 384
+    mixed: bool = False  # the sensitive q/k/v/down projections ship at 8-bit: trained unquantized (see quant.fake)
+    on_policy: bool = False  # also KL on the fp student's own greedy answers to the training prompts
+    on_policy_max_new_tokens: int = 128
     save_steps: int = 20
     seed: int = 0
     threads: int | None = None
@@ -62,7 +67,7 @@ class FinishConfig:
             errs.append(f"format: one of {list(FORMATS)}, got {self.format!r}")
         if self.activations not in ACTIVATIONS:
             errs.append(f"activations: one of {list(ACTIVATIONS)}, got {self.activations!r}")
-        for name in ("steps", "batch_size", "max_length", "save_steps"):
+        for name in ("steps", "batch_size", "max_length", "save_steps", "on_policy_max_new_tokens"):
             if getattr(self, name) < 1:
                 errs.append(f"{name}: must be >= 1")
         if self.lr <= 0:
@@ -107,6 +112,42 @@ def _rows(cfg: FinishConfig, tok: Any) -> list[tuple[list[int], list[int], bool]
     if len(rows) < cfg.batch_size:
         raise ValueError(f"{cfg.data}: {len(rows)} usable rows, fewer than one finishing batch ({cfg.batch_size})")
     return rows
+
+
+def _on_policy_rows(cfg: FinishConfig, model: Any, tok: Any, cache: Path,
+                    progress: bool) -> list[tuple[list[int], list[int], bool]]:
+    """The fp student's greedy answer to every distinct training prompt, as KL-only rows.
+
+    Why: the teacher's answers are text the student would not itself write; the shipped model is
+    asked to continue the student's *own* answers, so matching the fp student there is what keeps
+    its greedy output (and task accuracy). Cached in ``cache`` so a resumed finish reuses them.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import read_kto
+    from .export.golden import chat_ids, greedy_ids
+    from .jsonl import iter_jsonl
+
+    if cache.is_file():
+        return [(r["prompt_ids"], r["completion_ids"], False) for _, r in iter_jsonl(cache)]
+    prompts: dict[str, list[int]] = {}
+    for ex in read_kto(cfg.data, seed=cfg.seed):
+        key = json.dumps(ex.prompt, sort_keys=True)
+        if key not in prompts:
+            prompts[key] = chat_ids(tok, ex.prompt)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = {tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    ids = sorted(prompts.values(), key=len)  # similar lengths per batch: less padding
+    rows, step = [], 16
+    for i in tqdm(range(0, len(ids), step), desc="on-policy answers (fp student, greedy)", disable=not progress):
+        chunk = ids[i:i + step]
+        for p, c in zip(chunk, greedy_ids(model, chunk, cfg.on_policy_max_new_tokens, pad_id, eos)):
+            if c and len(p) + len(c) <= cfg.max_length:
+                rows.append({"prompt_ids": p, "completion_ids": c})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(cache, rows)
+    return [(r["prompt_ids"], r["completion_ids"], False) for r in rows]
 
 
 def _plan(n_rows: int, batch: int, steps: int, seed: int) -> list[list[int]]:
@@ -159,15 +200,6 @@ def _step_loss(cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[
     return loss, {"loss": loss.item(), "kl": kl.item(), "ce": ce.item(), "top1_agree": top1.item(), "tokens": int(targets.numel())}
 
 
-def _same_job(out: Path, cfg: FinishConfig) -> None:
-    """A checkpoint is resumed only by the job that wrote it (same source, data and settings)."""
-    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    changed = sorted(k for k, v in asdict(cfg).items() if k != "threads" and k in saved and saved[k] != v)
-    if changed:
-        raise ValueError(f"{out}: holds a checkpoint of a different finishing job (changed: {', '.join(changed)}); "
-                         f"use another --out or delete {out / 'checkpoints'}")
-
-
 def _latest_checkpoint(out: Path) -> tuple[int, Path] | None:
     found = [(int(p.name[5:]), p) for p in (out / "checkpoints").glob("step-*")
              if p.name[5:].isdigit() and (p / "state.pt").is_file()]
@@ -211,21 +243,27 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     student = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    wrapped = wrap_linears(student, cfg.format, cfg.activations)
+    keep = mixed_8bit_names(student) if cfg.mixed else []
+    wrapped = wrap_linears(student, cfg.format, cfg.activations, skip=tuple(keep))
     named = {n: p for n, p in student.named_parameters()}
     params = _trainable(student)
     names = {id(p): n for n, p in named.items()}
     by_name = {names[id(p)]: p for p in params}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = get_scheduler("cosine", opt, num_warmup_steps=max(1, cfg.steps // 10), num_training_steps=cfg.steps)
+    if cfg.on_policy:
+        rows += _on_policy_rows(cfg, teacher, tok, Path(cfg.out) / "on_policy.jsonl", progress)
     plan = _plan(len(rows), cfg.batch_size, cfg.steps, cfg.seed)
 
     # 2. Resume: weights, optimizer and schedule of the last checkpoint; metrics cut back to it.
     start, resumed = 0, None
     out.mkdir(parents=True, exist_ok=True)
+    job = job_record({k: v for k, v in asdict(cfg).items() if k != "threads"}, {"data": cfg.data, "source model": src})
     last = _latest_checkpoint(out)
+    if last is not None:  # a checkpoint is resumed only by the job that wrote it (changes named)
+        check_same_job(out / "job.json", job)
+    write_json_atomic(out / "job.json", job)
     if last is not None:
-        _same_job(out, cfg)
         state = torch.load(last[1] / "state.pt", weights_only=False)
         with torch.no_grad():
             for n, w in state["weights"].items():
@@ -271,12 +309,14 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     os.replace(tmp, model_dir)
     final = history[-1] if history else {}
     report = {"format": cfg.format, "steps": cfg.steps, "resumed_from": resumed, "final": final,
-              "linears": len(wrapped), "rows": len(rows), "seconds": time.time() - t0, "source_model": str(src)}
+              "linears": len(wrapped), "rows": len(rows), "seconds": time.time() - t0, "source_model": str(src),
+              "mixed_8bit": {"layers": mixed_8bit_layers(student.config.num_hidden_layers), "modules": keep} if keep else None}
     write_json_atomic(out / "finish_report.json", report)  # written last: marks the finish complete
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return FinishResult(out, model_dir, cfg.steps, resumed, final, report["seconds"])
 
 
-def check_on_grid(model: torch.nn.Module, fmt: str = "q4_0") -> list[str]:
+def check_on_grid(model: torch.nn.Module, fmt: str = "q4_0", mixed: bool = False) -> list[str]:
     """Names of quantizable Linears whose weights are *not* on the grid (empty for a finished model)."""
-    return [n for n, m in quantizable_linears(model).items() if not on_grid(m.weight, fmt)]
+    keep = set(mixed_8bit_names(model)) if mixed else set()
+    return [n for n, m in quantizable_linears(model).items() if n not in keep and not on_grid(m.weight, fmt)]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from edge_kto_runtime.atomic import write_atomic  # one implementation: server and device
 
 
 @dataclass(frozen=True)
@@ -39,43 +40,77 @@ class DataError(ValueError):
         super().__init__(f"{len(issues)} problem(s) in input data:\n  {shown}{more}")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)``; blank lines are skipped; invalid JSON raises DataError."""
+MAX_LINE_BYTES = 64 << 20  # one JSONL row; a longer line is a broken file, not data
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    """True when a string in ``obj`` holds an unpaired surrogate (JSON's ``"\\ud800"`` escape
+    decodes to one): it cannot be encoded as UTF-8, so a tokenizer or a writer would crash later."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(obj, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_lone_surrogate(v) for v in obj)
+    return False
+
+
+def iter_jsonl(path: str | Path, issues: list[DataIssue] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for every valid row; blank lines are skipped.
+
+    Lines end at ``\n`` only: U+2028, U+2029, U+0085 and the other characters ``str.splitlines``
+    also breaks at are legal inside JSON strings (we write them unescaped). A UTF-8 BOM at the
+    start (Excel, Notepad) is skipped. Invalid UTF-8, invalid JSON, a non-object row, a lone
+    surrogate or an over-long line is a :class:`DataIssue` naming file and line: with ``issues``
+    given it is appended there and reading goes on (so a reader reports every problem at once);
+    without, the first one raises :class:`DataError`.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected a JSONL file")
+
+    def bad(lineno: int, msg: str) -> None:
+        issue = DataIssue(str(path), lineno, None, msg)
+        if issues is None:
+            raise DataError([issue])
+        issues.append(issue)
+
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):  # binary iteration splits on b"\n" only
+            if len(raw) > MAX_LINE_BYTES:
+                bad(lineno, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit for one row")
+                continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad(lineno, f"invalid UTF-8 at byte {e.start} of the line (save the file as UTF-8)")
+                continue
+            if not text.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError([DataIssue(str(path), lineno, None, f"invalid JSON ({e.msg} at column {e.colno})")]) from None
+                bad(lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
             if not isinstance(obj, dict):
-                raise DataError([DataIssue(str(path), lineno, None, f"expected a JSON object, got {type(obj).__name__}")])
+                bad(lineno, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            if _lone_surrogate(obj):
+                bad(lineno, "a string holds a lone surrogate escape (e.g. \"\\ud800\"): not valid Unicode")
+                continue
             yield lineno, obj
 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=False)
-
-
-def write_atomic(path: str | Path, text: str | bytes) -> None:
-    """Write a whole file via temp file + fsync + rename, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
@@ -100,18 +135,35 @@ class AppendLog:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def recover(self) -> list[dict]:
+    def recover(self, check: Callable[[int, dict], str | None] | None = None) -> list[dict]:
+        """The rows already written, after cutting a torn last line (a crash mid-write).
+
+        ``check(line, row)`` returns what is wrong with a row that this job could not have
+        written (None if fine). Any such row, or invalid JSON before the last line, raises
+        :class:`DataError` *before* anything is cut: a file that is not this job's log (a
+        user's file given as ``--out`` by mistake) is never modified.
+        """
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
         cut = data.rfind(b"\n") + 1
+        rows = []
+        for lineno, line in enumerate(data[:cut].split(b"\n"), start=1):  # b"\n" only: U+2028 etc. live inside rows
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            problem = "not a JSON object" if not isinstance(row, dict) else check(lineno, row) if check else None
+            if problem:
+                raise DataError([DataIssue(str(self.path), lineno, None,
+                                           f"{problem}: this file is not this job's output; it was left unchanged "
+                                           "(choose another output path)")])
+            rows.append(row)
         if cut != len(data):
             with self.path.open("r+b") as f:
                 f.truncate(cut)
-        rows = []
-        for line in data[:cut].decode("utf-8").split("\n"):  # never splitlines(): U+2028 etc. live inside rows
-            if line.strip():
-                rows.append(json.loads(line))
         return rows
 
     def append(self, row: dict) -> None:

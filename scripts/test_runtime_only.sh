@@ -18,7 +18,8 @@ cd "$ROOT"
 set +e
 EDGE_KTO_TEST_BUNDLE="$BUNDLES/tiny" EDGE_KTO_TEST_SMOL_BUNDLE="$BUNDLES/smol" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_runtime_imports.py tests/test_runtime_model.py \
-  tests/test_runtime_server.py tests/test_runtime_bench.py tests/test_shared_fixtures.py
+  tests/test_runtime_server.py tests/test_runtime_bench.py tests/test_shared_fixtures.py \
+  tests/hostile/test_hostile_http.py tests/hostile/test_hostile_bundles.py
 rc=$?
 set -e
 [ "$rc" -eq 5 ] && { echo "runtime tests: nothing collected" >&2; exit 1; }

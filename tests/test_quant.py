@@ -323,10 +323,56 @@ def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     other = tmp_path / "other"
     (other / "checkpoints" / "step-3").mkdir(parents=True)
     torch.save({"step": 3}, other / "checkpoints" / "step-3" / "state.pt")
-    (other / "config.json").write_text(json.dumps({"lr": 0.5, "steps": 40}))
-    with pytest.raises(ValueError, match="different finishing job .changed: lr"):
+    (other / "job.json").write_text(json.dumps({"settings": {"lr": 0.5, "steps": 40}}))
+    with pytest.raises(ValueError, match="different job.*Changed: lr"):
         run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(other), steps=40, lr=1e-3,
                                 batch_size=4), progress=False)
+
+
+def test_on_policy_finishing_adds_the_fp_students_own_answers_as_kl_rows(tmp_path, tiny_model_dir, kto_rows, finished):
+    out = tmp_path / "op"
+    res = run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=2, batch_size=4,
+                                  on_policy=True, on_policy_max_new_tokens=6), progress=False)
+    cached = [json.loads(x) for x in (out / "on_policy.jsonl").read_text().split("\n") if x.strip()]
+    n_prompts = len({json.dumps(r["prompt"]) for r in heldout_rows()})  # the longest does not fit max_length
+    assert n_prompts - 1 <= len(cached) <= n_prompts and all(0 < len(r["completion_ids"]) <= 6 for r in cached)
+    teacher_rows = json.loads((finished / "config.json").read_text())["rows"]
+    assert json.loads((out / "config.json").read_text())["rows"] == teacher_rows + len(cached)
+    assert res.steps == 2
+
+
+def test_mixed_finishing_keeps_sensitive_projections_8bit_and_the_rest_exact(tmp_path, tiny_model_dir, kto_rows):
+    """finish --mixed: q/k/v/down of the sensitive layers train unquantized and ship as Q8_0 / int8;
+    the export picks that up from the finish report, and every 4-bit tensor is still exact."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    fin = tmp_path / "mixed"
+    run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(fin), steps=2, batch_size=4,
+                            lr=1e-3, mixed=True), progress=False)
+    rep = json.loads((fin / "finish_report.json").read_text())
+    assert rep["mixed_8bit"]["layers"] == [0] and rep["linears"] == 10  # of 2 layers, layer 0's q/k/v/down stay 8-bit
+    b = run_export(ExportConfig(source=str(fin), out=str(tmp_path / "b"), gguf=["Q4_0"], onnx=[{"accuracy_level": 1}],
+                                golden_data=str(kto_rows), golden_max_new_tokens=4, check=False), progress=False).bundle
+    hf = _finished_weights(fin)
+    cfg = json.loads((fin / "model" / "config.json").read_text())
+    heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg["num_key_value_heads"]}
+    types = {}
+    for t in GGUFReader(str(b / "model-q4_0-mix.gguf")).tensors:
+        parts = t.name.split(".")
+        if len(parts) != 4 or parts[2] not in LINEARS:
+            continue
+        types[parts[1], parts[2]] = t.tensor_type.name
+        if t.tensor_type.name == "Q4_0":
+            w = dequantize(t.data, t.tensor_type).reshape(int(t.shape[1]), int(t.shape[0]))
+            w = _unpermute(w, heads[parts[2]]) if parts[2] in heads else w
+            assert np.abs(w - hf[f"model.layers.{parts[1]}.{LINEARS[parts[2]]}.weight"].numpy()).max() == 0.0, t.name
+    eight = {"attn_q", "attn_k", "attn_v", "ffn_down"}
+    assert types == {(str(i), n): "Q8_0" if i == 0 and n in eight else "Q4_0" for i in range(2) for n in LINEARS}
+    inits = _onnx_initializers(b / "onnx-int4-acc1-int8layers")
+    got = _unpack_int4(inits["model.layers.0.mlp.up_proj.MatMul.weight_Q4"], inits["model.layers.0.mlp.up_proj.MatMul.weight_scales"])
+    assert np.abs(got - hf["model.layers.0.mlp.up_proj.weight"].numpy()).max() == 0.0
+    assert "model.layers.0.mlp.down_proj.MatMul.weight_Q4" not in inits  # int8, not int4
 
 
 def test_export_config_yaml_maps_onto_export_config(tmp_path):

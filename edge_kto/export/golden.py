@@ -67,7 +67,7 @@ def _completion_ids(tok: Any, messages: list[dict], prompt_ids: list[int], text:
 
 
 @torch.no_grad()
-def _greedy(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]) -> list[list[int]]:
+def greedy_ids(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]) -> list[list[int]]:
     """Batched greedy decoding (left padding); each row cut after its first EOS."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -160,7 +160,7 @@ def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_toke
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
         pids = [chat_ids(tok, g.messages) for g in chunk]
-        greedy = _greedy(model, pids, max_new_tokens, pad_id, eos_ids)
+        greedy = greedy_ids(model, pids, max_new_tokens, pad_id, eos_ids)
         tops = _top_logprobs(model, pids, greedy, top_k)
         comps = [[(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
                  + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]

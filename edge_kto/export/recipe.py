@@ -25,15 +25,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_kto_runtime.atomic import fsync_dir, sweep_stale, temp_prefix
 from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle, zip_bundle
 from edge_kto_runtime.verifiers import get_verifier
 
 from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
+from ..quant.fake import mixed_8bit_gguf_pattern
 from .candidates import SELECT_MODES, CandidateError, GgufCandidate, OnnxCandidate, describe, parse_gguf, parse_onnx
 from .golden import build_golden, read_golden_prompts, with_hard_pairs
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tensor_shapes, quantize_gguf
@@ -97,6 +99,7 @@ class Source:
     training: dict[str, Any]
     default_data: str | None  # the run's training rows (golden fallback, calibration default)
     finished: str | None = None  # the grid a finish folder's weights lie on (e.g. q4_0)
+    mixed_layers: list[int] | None = None  # finished with the sensitive projections of these layers at 8-bit
 
 
 @dataclass
@@ -128,7 +131,9 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
         training = _run_training(run) if (run / "adapter").is_dir() else {"method": "none", "base_model": str(ref)}
         training["finish"] = {"dir": str(src.resolve()), "format": rep["format"], "steps": rep["steps"],
                               "final": rep.get("final", {}), "data": fcfg.get("data")}
-        return Source(src / "model", ref, training, fcfg.get("data") or training.get("data"), rep["format"])
+        mixed = (rep.get("mixed_8bit") or {}).get("layers")
+        training["finish"]["mixed_8bit_layers"] = mixed
+        return Source(src / "model", ref, training, fcfg.get("data") or training.get("data"), rep["format"], mixed)
     if (src / "config.json").is_file() and (src / "adapter").is_dir():  # a training run
         training = _run_training(src)
         tcfg = json.loads((src / "config.json").read_text())
@@ -196,7 +201,8 @@ def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     _check_destination(out, cfg.force)
     gguf_cands, onnx_cands = cfg.candidates()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    sweep_stale(out.parent, out.name)  # the build folders of an export that was killed
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, "building"), dir=out.parent))
     try:
         manifest, timings, source = _build(cfg, gguf_cands, onnx_cands, tmp, out, progress)
         open_bundle(tmp, verify=True)  # what we hand over must pass the device's own check
@@ -212,7 +218,7 @@ def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         raise
     if alignment is not None:
         alignment.report_path = dest / "alignment.md"
-    zpath = zip_bundle(dest, dest.with_suffix(".zip")) if cfg.zip and dest == out else None
+    zpath = zip_bundle(dest, dest.with_name(dest.name + ".zip")) if cfg.zip and dest == out else None
     timings["total_s"] = time.perf_counter() - t0
     return ExportResult(dest, zpath, manifest, timings, timings["total_s"], alignment)
 
@@ -239,12 +245,13 @@ def _install(tmp: Path, out: Path, keep_old: bool) -> Path:
                     failed.name, out, failed)
         return failed
     if out.exists():  # --force: swap, then delete the old one
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(temp_prefix(out.name, "old") + "0")
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+    fsync_dir(out.parent)
     return out
 
 
@@ -327,6 +334,9 @@ def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[
     work.mkdir()
     timings: dict[str, Any] = {"quantize_s": {}, "onnx_s": {}}
     source = _resolve_source(cfg, work)
+    if source.mixed_layers:  # finished mixed: its 8-bit projections must ship at 8-bit in every 4-bit artifact
+        gguf_cands[:] = [_mixed_gguf(c, source.mixed_layers) for c in gguf_cands]
+        onnx_cands[:] = [replace(c, int8_layers=True) for c in onnx_cands]
     hf_dir = source.hf_dir
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     artifacts: list[dict[str, Any]] = []
@@ -368,6 +378,16 @@ def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[
         manifest["golden"] = golden
     write_json_atomic(tmp / "manifest.json", manifest)
     return manifest, timings, source
+
+
+def _mixed_gguf(c: GgufCandidate, layers: list[int]) -> GgufCandidate:
+    """Q4_0 of a model finished mixed: the same layers' q/k/v/down as Q8_0 (what onnxruntime-genai's
+    ``mixed_layers:int8`` upgrades), unless the candidate names its own tensor types."""
+    if c.type != "Q4_0" or c.tensor_types:
+        return c
+    # llama.cpp applies tensor-type overrides only without ``pure``; Q4_0 without an imatrix changes no
+    # other tensor then (the token embedding is set to Q8_0 explicitly), so the grid stays exact.
+    return replace(c, tensor_types={mixed_8bit_gguf_pattern(layers): "Q8_0"}, pure=False if c.pure is None else c.pure)
 
 
 def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:

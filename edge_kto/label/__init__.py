@@ -56,8 +56,9 @@ class LabelResult:
 
 
 def _read_candidates(path: str) -> list[dict]:
-    rows, issues = [], []
-    for line, obj in iter_jsonl(path):
+    rows: list[dict] = []
+    issues: list[DataIssue] = []
+    for line, obj in iter_jsonl(path, issues):
         for key in ("id", "prompt", "completion"):
             if key not in obj:
                 issues.append(DataIssue(path, line, key, "missing"))

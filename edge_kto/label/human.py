@@ -7,6 +7,7 @@ column accepts the spellings annotation tools export: true/false, 1/0, yes/no, u
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..jsonl import DataError, DataIssue, iter_jsonl
@@ -32,20 +33,26 @@ def read_human_labels(path: str | Path) -> dict[str, bool]:
         labels[rid], first_line[rid] = value, line
 
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
-                raise DataError([DataIssue(str(path), 1, None, "CSV needs a header with columns 'id' and 'label'")])
-            for line, rec in enumerate(reader, start=2):
-                raw = (rec.get("label") or "").strip().lower()
-                if raw in _CSV_TRUE:
-                    add(line, rec.get("id"), True)
-                elif raw in _CSV_FALSE:
-                    add(line, rec.get("id"), False)
-                else:
-                    issues.append(DataIssue(str(path), line, "label", f"cannot read {rec.get('label')!r} as a label (true/false, 1/0, yes/no, up/down)"))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")  # -sig: Excel writes a BOM before the header
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise DataError([DataIssue(str(path), line, None, "invalid UTF-8 (export the CSV as UTF-8)")]) from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"id", "label"} <= {h.strip() for h in reader.fieldnames}:
+            raise DataError([DataIssue(str(path), 1, None, f"CSV needs a header with columns 'id' and 'label', got {reader.fieldnames}")])
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
+        for rec in reader:
+            line = reader.line_num  # the row's last physical line: quoted fields may span lines
+            raw = (rec.get("label") or "").strip().lower()
+            if raw in _CSV_TRUE:
+                add(line, rec.get("id"), True)
+            elif raw in _CSV_FALSE:
+                add(line, rec.get("id"), False)
+            else:
+                issues.append(DataIssue(str(path), line, "label", f"cannot read {rec.get('label')!r} as a label (true/false, 1/0, yes/no, up/down)"))
     else:
-        for line, obj in iter_jsonl(path):
+        for line, obj in iter_jsonl(path, issues):
             lab = obj.get("label")
             if not isinstance(lab, bool):
                 issues.append(DataIssue(str(path), line, "label", f"must be a JSON boolean (true/false), got {type(lab).__name__} {lab!r}"))

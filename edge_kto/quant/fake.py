@@ -95,9 +95,34 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and m is not head and m.in_features % BLOCK == 0}
 
 
-def wrap_linears(model: nn.Module, fmt: str = "q4_0", activations: str = "fp") -> list[str]:
-    """Replace every quantizable Linear by a :class:`FakeQuantLinear` sharing its parameters."""
-    names = list(quantizable_linears(model))
+# The projections onnxruntime-genai's builder keeps at int8 with ``matmul_mixed_precision=mixed_layers:int8``
+# (llama.cpp's "use more bits" layers): q/k/v (its fused qkv_proj) and down_proj of the layers below.
+MIXED_8BIT_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj")
+MIXED_8BIT_GGUF = ("attn_q", "attn_k", "attn_v", "ffn_down")
+
+
+def mixed_8bit_layers(n_layers: int) -> list[int]:
+    """The sensitive layers, exactly as onnxruntime-genai's builder picks them (float division):
+    the first and last eighth, and every third layer in between."""
+    return [i for i in range(n_layers)
+            if i < n_layers / 8 or i >= 7 * n_layers / 8 or (i - round(n_layers / 8)) % 3 == 2]
+
+
+def mixed_8bit_names(model: nn.Module) -> list[str]:
+    """Names of the Linears that ship at 8-bit in a mixed export (not fake-quantized to 4-bit)."""
+    layers = mixed_8bit_layers(model.config.num_hidden_layers)
+    return [n for n in quantizable_linears(model)
+            if any(n.endswith(f"layers.{i}.{m}") for i in layers for m in MIXED_8BIT_MODULES)]
+
+
+def mixed_8bit_gguf_pattern(layers: list[int]) -> str:
+    """A llama.cpp ``--tensor-type`` regex naming the same tensors in a GGUF."""
+    return rf"blk\.({'|'.join(map(str, layers))})\.({'|'.join(MIXED_8BIT_GGUF)})\."
+
+
+def wrap_linears(model: nn.Module, fmt: str = "q4_0", activations: str = "fp", skip: tuple[str, ...] = ()) -> list[str]:
+    """Replace every quantizable Linear (but those in ``skip``) by a :class:`FakeQuantLinear` sharing its parameters."""
+    names = [n for n in quantizable_linears(model) if n not in skip]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

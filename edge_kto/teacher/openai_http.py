@@ -46,7 +46,7 @@ class OpenAITeacher(Teacher):
             try:
                 resp = self.client.post(self.url, json=body)
                 if resp.status_code == 200:
-                    return resp.json()["choices"][0]["message"]["content"] or ""
+                    return self._content(resp)
                 if resp.status_code not in RETRY_STATUS:
                     raise TeacherHTTPError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:500]}")
                 err: Exception = TeacherHTTPError(f"HTTP {resp.status_code}")
@@ -57,6 +57,22 @@ class OpenAITeacher(Teacher):
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
+
+    def _content(self, resp: httpx.Response) -> str:
+        """The answer text of a 200 response, or an error that shows what the server sent instead."""
+        try:
+            data = resp.json()
+        except ValueError:
+            raise TeacherHTTPError(f"{self.url}: HTTP 200 but not JSON ({resp.headers.get('content-type', '?')}): "
+                                   f"{resp.text[:200]!r} — is base_url the API root (…/v1)?") from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise TeacherHTTPError(f"{self.url}: HTTP 200 without a choice: {str(data)[:200]}")
+        msg = choices[0].get("message")
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise TeacherHTTPError(f"{self.url}: choices[0].message.content is {type(content).__name__}, expected text")
+        return content or ""
 
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[list[str]]:
         futures = []

@@ -25,6 +25,7 @@ import torch
 from ..data import read_kto
 from ..jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from ..models import load_model, load_tokenizer
+from ..resume import check_same_job, job_record
 from .batches import Batch, collate, pad_pairs, plan_batches, total_micro_steps
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -91,6 +92,9 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if cfg.precision == "bf16" else "no"
 
 
+RESUME_MAY_CHANGE = ("out", "plot", "keep_checkpoints", "save_steps", "cache_dir", "merge")  # bookkeeping, not results
+
+
 def _prepare_run_dir(run: Path, resume: bool, force: bool, acc: Any) -> None:
     if acc.is_main_process:
         if run.exists() and force and not resume:
@@ -121,6 +125,11 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
     tok = load_tokenizer(cfg.model)
     examples, report = prepare_examples(rows, tok, cfg, source=cfg.data)
     _prepare_run_dir(run, resume, force, acc)
+    if acc.is_main_process:  # a resumed run must be the same job: same data and settings (changes named)
+        job = job_record(cfg.to_dict(), {"data": cfg.data})
+        if resume:
+            check_same_job(run / "job.json", job, ignore=RESUME_MAY_CHANGE)
+        write_json_atomic(run / "job.json", job)
     set_seed(cfg.seed)
 
     # 2. The student: base (+ merged SFT warm start), then a fresh LoRA adapter for KTO.

@@ -11,6 +11,8 @@ a slow period of the device hits them all alike.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import random
 import resource
@@ -59,7 +61,8 @@ def _synthetic_ids(m: EdgeModel, n: int, rng: random.Random) -> list[int]:
 def _prompts(m: EdgeModel, cfg: BenchConfig, n: int) -> list[list[int]]:
     rng = random.Random(cfg.seed)
     if cfg.prompts_file:
-        lines = [x for x in Path(cfg.prompts_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+        text = Path(cfg.prompts_file).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of line 1
+        lines = [x.rstrip("\r") for x in text.split("\n") if x.strip()]  # "\n" only: U+2028 may sit in a prompt
         return [m.encode([{"role": "user", "content": lines[i % len(lines)]}]) for i in range(n)]
     if cfg.prefix_cache:
         system = m.backend.tokenize(SYSTEM * 8)[:cfg.n_prompt]
@@ -120,10 +123,14 @@ def _restore_prefix(models: list[EdgeModel], system_ids: list[int], path: Path) 
         if m.backend.name != "llama.cpp":
             continue
         p = path.with_name(f"{path.stem}-{Path(m.artifact.path).stem}{path.suffix or '.state'}")
-        if p.is_file():
-            m.backend.load_prefix(p)
-        else:
-            m.backend.save_prefix(system_ids, p)
+        key = hashlib.sha256(json.dumps([m.artifact.entry.get("sha256"), system_ids]).encode()).hexdigest()
+        try:
+            if p.is_file():
+                m.backend.load_prefix(p, key)
+                continue
+        except ValueError:  # another model or prompt (or not a state file): rebuild it
+            pass
+        m.backend.save_prefix(system_ids, p, key)
 
 
 def peak_rss_mb() -> float:

@@ -21,10 +21,13 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from .atomic import sweep_stale, temp_prefix
 
 FORMAT = "edge-kto-bundle"
 SCHEMA_VERSION = 1
@@ -117,100 +120,265 @@ def validate_manifest(m: Any, where: str) -> None:
     tok = m.get("tokenizer")
     if not isinstance(tok, dict) or not isinstance(tok.get("chat_template"), str):
         raise BundleError(f"{where}: field 'tokenizer.chat_template': missing")
+    for key, ok, want in (("bos", lambda v: v is None or isinstance(v, str), "a string or null"),
+                          ("eos", _str_list, "a list of strings"), ("stop", _str_list, "a list of strings"),
+                          ("eos_ids", lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                          for i in v), "a list of integers")):
+        if key in tok and not ok(tok[key]):
+            raise BundleError(f"{where}: field 'tokenizer.{key}': expected {want}, got {json.dumps(tok[key])[:80]}")
+    for key in ("generation", "alignment", "training", "tools"):
+        if key in m and not isinstance(m[key], dict):
+            raise BundleError(f"{where}: field '{key}': expected an object, got {type(m[key]).__name__}")
+    gen = m.get("generation") or {}
+    for key in ("max_new_tokens", "n_ctx"):
+        if key in gen and (not isinstance(gen[key], int) or isinstance(gen[key], bool) or gen[key] < 1):
+            raise BundleError(f"{where}: field 'generation.{key}': expected a positive integer, got {gen[key]!r}")
+    if "temperature" in gen and (isinstance(gen["temperature"], bool) or not isinstance(gen["temperature"], (int, float))):
+        raise BundleError(f"{where}: field 'generation.temperature': expected a number, got {gen['temperature']!r}")
     if "golden" in m:
         _check_entry(m["golden"], where, "golden")
         _safe_rel(m["golden"].get("path", ""), where)
 
 
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
 def _check_entry(e: Any, where: str, f: str) -> None:
-    if not isinstance(e, dict) or not isinstance(e.get("sha256"), str) or len(e["sha256"]) != 64 or not isinstance(e.get("bytes"), int):
-        raise BundleError(f"{where}: field '{f}': needs 'bytes' (int) and 'sha256' (64 hex digits)")
+    ok = isinstance(e, dict) and isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64
+    if not ok or any(c not in "0123456789abcdefABCDEF" for c in e["sha256"]) or not isinstance(e.get("bytes"), int) \
+            or isinstance(e.get("bytes"), bool) or e["bytes"] < 0:
+        raise BundleError(f"{where}: field '{f}': needs 'bytes' (int >= 0) and 'sha256' (64 hex digits)")
 
 
-def _verify_file(path: Path, e: dict[str, Any]) -> None:
+def _inside(root: Path, path: Path) -> None:
+    """Refuse a symlink anywhere between the bundle root and ``path`` (as zips refuse link entries)."""
+    p = path
+    while p != root and p != p.parent:
+        if p.is_symlink():
+            raise BundleError(f"{p}: is a symbolic link; bundles hold plain files only (copy the file in)")
+        p = p.parent
+
+
+def _verify_file(path: Path, e: dict[str, Any], root: Path | None = None) -> None:
+    if root is not None:
+        _inside(root, path)
     if not path.is_file():
         raise BundleError(f"{path}: listed in the manifest but missing")
     size = path.stat().st_size
     if size != e["bytes"]:
         raise BundleError(f"{path}: {size} bytes, the manifest says {e['bytes']} (truncated or replaced)")
     got = sha256_file(path)
-    if got != e["sha256"]:
+    if got != e["sha256"].lower():
         raise BundleError(f"{path}: sha256 {got} does not match the manifest ({e['sha256']}); the file was modified")
 
 
 def verify_artifact(b: Bundle, art: Artifact) -> None:
     if art.is_dir:
+        folder = b.file(art.path.rstrip("/"))
+        _inside(b.root, folder)
+        listed = {str(_safe_rel(n, str(b.root))) for n in art.entry["files"]}
+        for p in folder.rglob("*"):
+            if p.is_symlink():
+                raise BundleError(f"{p}: is a symbolic link; bundles hold plain files only")
+            if p.is_file() and p.relative_to(folder).as_posix() not in listed:
+                raise BundleError(f"{p}: not listed in the manifest (an artifact folder holds only its listed files)")
         for name, e in art.entry["files"].items():
-            _verify_file(b.file(art.path.rstrip("/") + "/" + name), e)
+            _verify_file(folder / name, e, b.root)
     else:
-        _verify_file(b.file(art.path), art.entry)
+        _verify_file(b.file(art.path), art.entry, b.root)
 
 
-def open_bundle(path: str | Path, verify: bool | str = True, extract_to: str | Path | None = None) -> Bundle:
+def verify_bundle(b: Bundle, arts: list[Artifact] | None = None) -> None:
+    """Size and sha256 of ``arts`` (default: all) and the golden set, against *this* manifest read."""
+    for a in b.artifacts if arts is None else arts:
+        verify_artifact(b, a)
+    if "golden" in b.manifest:
+        _verify_file(b.file(b.manifest["golden"]["path"]), b.manifest["golden"], b.root)
+
+
+def manifest_digest(root: str | Path) -> str:
+    """sha256 of ``manifest.json``: the bundle's integrity root (the manifest holds every other file's hash)."""
+    return sha256_file(Path(root) / "manifest.json")
+
+
+def failed_artifacts(b: Bundle) -> dict[str, list[str]]:
+    """Artifacts the export's alignment gate marked as failed: {path: failures}."""
+    per = (b.manifest.get("alignment") or {}).get("per_artifact") or {}
+    out = {}
+    for a in b.artifacts:
+        r = per.get(a.path) or per.get(a.path.rstrip("/")) or per.get(a.path.rstrip("/") + "/")
+        if isinstance(r, dict) and r.get("passed") is False:
+            out[a.path] = [str(f) for f in r.get("failures") or []] or ["passed: false"]
+    return out
+
+
+def open_bundle(path: str | Path, verify: bool | str = True, extract_to: str | Path | None = None,
+                expect_digest: str | None = None) -> Bundle:
     """Read and check a bundle folder or ``.zip``.
 
     ``verify``: True checks every file's size and sha256; an artifact path checks that artifact
-    (plus the golden set); False checks only the manifest.
+    (plus the golden set); False checks only the manifest. ``expect_digest``: the sha256 of
+    ``manifest.json`` printed at export; any other manifest is refused.
     """
     root = Path(path)
     if root.is_file() and zipfile.is_zipfile(root):
-        root = safe_extract(root, Path(extract_to) if extract_to else root.with_suffix(""))
+        default = root.with_suffix("") if root.suffix.lower() == ".zip" else root.with_name(root.name + ".extracted")
+        root = safe_extract(root, Path(extract_to) if extract_to else default)
     mpath = root / "manifest.json"
+    if mpath.is_symlink():
+        raise BundleError(f"{mpath}: is a symbolic link; bundles hold plain files only")
     if not mpath.is_file():
         raise BundleError(f"{root}: not a bundle (no manifest.json)")
-    try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath}:{e.lineno}: invalid JSON: {e.msg}") from None
-    validate_manifest(m, str(mpath))
+    raw = mpath.read_bytes()
+    if expect_digest is not None:
+        got = hashlib.sha256(raw).hexdigest()
+        if got != expect_digest.strip().lower():
+            raise BundleError(f"{mpath}: manifest digest {got} is not the expected {expect_digest.strip().lower()} "
+                              "(the manifest was edited, or this is another bundle)")
+    m = parse_manifest(raw, str(mpath))
     b = Bundle(root, m)
     if verify:
-        arts = b.artifacts if verify is True else [b.artifact(str(verify))]
-        for a in arts:
-            verify_artifact(b, a)
-        if "golden" in m:
-            _verify_file(b.file(m["golden"]["path"]), m["golden"])
+        verify_bundle(b, None if verify is True else [b.artifact(str(verify))])
     return b
 
 
-def safe_extract(zpath: Path, dest: Path) -> Path:
-    """Extract a zipped bundle; refuse absolute paths, ``..``, symlinks and special files.
-
-    Extracts into a temporary sibling folder and renames it, so a refused archive leaves nothing.
-    """
-    if (dest / "manifest.json").is_file():
-        return dest
-    tmp = dest.with_name(f".{dest.name}.extracting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        with zipfile.ZipFile(zpath) as z:
-            for info in z.infolist():
-                rel = _safe_rel(info.filename.rstrip("/"), str(zpath)) if info.filename.rstrip("/") else None
-                kind = stat.S_IFMT(info.external_attr >> 16)  # 0: the archiver recorded no file type
-                if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                    raise BundleError(f"{zpath}: entry {info.filename!r} is a link or special file; refused")
-                if rel is None:
-                    continue
+        m = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{where}: not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{where}:{e.lineno}: invalid JSON: {e.msg}") from None
+    validate_manifest(m, where)
+    return m
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+_STAMP = ".edge-kto-extracted.json"  # which zip (size, mtime) a folder was extracted from
+
+
+def _listed_sizes(m: dict[str, Any]) -> dict[str, int]:
+    """Every file a manifest lists, with its size: what an extraction may write, and how much."""
+    out = {"manifest.json": -1}
+    for a in m["artifacts"]:
+        if "files" in a:
+            for name, e in a["files"].items():
+                out[str(PurePosixPath(a["path"].rstrip("/")) / name)] = e["bytes"]
+        else:
+            out[a["path"]] = a["bytes"]
+    if "golden" in m:
+        out[m["golden"]["path"]] = m["golden"]["bytes"]
+    return out
+
+
+def _zip_stamp(zpath: Path, manifest: bytes) -> dict[str, Any]:
+    st = zpath.stat()
+    return {"zip": zpath.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+
+
+def safe_extract(zpath: Path, dest: Path) -> Path:
+    """Extract a zipped bundle, refusing anything that could write outside ``dest`` or fill the disk.
+
+    Absolute paths, ``..``, links and special files are refused. Only the files the zip's own
+    manifest lists are written, each exactly its listed size (a zip bomb or a smuggled extra file
+    never lands). Extraction goes to a unique temporary sibling that is renamed into place, so a
+    refused archive leaves nothing and concurrent first loads do not collide. A folder extracted
+    from an earlier version of the zip (other size, mtime or manifest) is replaced.
+    """
+    with zipfile.ZipFile(zpath) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        for info in infos.values():  # every entry's name and type first: nothing hostile is even read
+            if info.filename.rstrip("/"):
+                _safe_rel(info.filename.rstrip("/"), str(zpath))
+            if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
+                raise BundleError(f"{zpath}: entry {info.filename!r} is a link or special file; refused")
+        mi = infos.get("manifest.json")
+        if mi is None:
+            raise BundleError(f"{zpath}: not a bundle (no manifest.json in the zip)")
+        if mi.file_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{zpath}: manifest.json is {mi.file_size} bytes, over {MAX_MANIFEST_BYTES}")
+        manifest = z.read(mi)
+        stamp = _zip_stamp(zpath, manifest)
+        if (dest / "manifest.json").is_file() and _same_stamp(dest, stamp):
+            return dest
+        sizes = _listed_sizes(parse_manifest(manifest, f"{zpath}!manifest.json"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(dest.parent, dest.name)  # extractions a killed loader left behind
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name, "extracting"), dir=dest.parent))
+        try:
+            for info in infos.values():
+                name = info.filename.rstrip("/")
+                rel = PurePosixPath(name) if name else None
+                if rel is None or info.is_dir() or str(rel) not in sizes:
+                    continue  # folders are made as needed; unlisted entries are never written
+                want = sizes[str(rel)]
+                if want >= 0 and info.file_size != want:
+                    raise BundleError(f"{zpath}: entry {name!r} unpacks to {info.file_size} bytes, the manifest lists {want}")
                 target = tmp / rel
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                    _copy_capped(src, out, info.file_size, f"{zpath}: entry {name!r}")
+            (tmp / _STAMP).write_text(json.dumps(stamp))
+            _swap_in(tmp, dest, stamp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _copy_capped(src: Any, out: Any, limit: int, where: str) -> None:
+    n = 0
+    while chunk := src.read(_CHUNK):
+        n += len(chunk)
+        if n > limit:
+            raise BundleError(f"{where}: unpacks to more than its declared {limit} bytes; refused")
+        out.write(chunk)
+
+
+def _same_stamp(dest: Path, stamp: dict[str, Any]) -> bool:
+    try:
+        return json.loads((dest / _STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _swap_in(tmp: Path, dest: Path, stamp: dict[str, Any]) -> None:
+    """Rename ``tmp`` to ``dest``. When a concurrent loader already put the same extraction there,
+    ours is dropped (theirs may be in use); an older extraction is moved aside first and removed."""
+    if _same_stamp(dest, stamp):
+        return
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name, "old"), dir=dest.parent))
+        try:
+            os.replace(dest, old / "x")
+        except FileNotFoundError:  # another loader moved it already
+            pass
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not (dest / "manifest.json").is_file():  # not a concurrent loader's finished extraction
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def zip_bundle(folder: Path, out: Path) -> Path:
     """Zip a bundle folder (stored, not deflated: GGUF/ONNX weights do not compress), atomically."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(folder).as_posix())
-    os.replace(tmp, out)
+    sweep_stale(out.parent, out.name)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name, "tmp"), suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            for p in sorted(folder.rglob("*")):
+                if p.is_symlink():
+                    raise BundleError(f"{p}: is a symbolic link; bundles hold plain files only")
+                if p.is_file() and p.name != _STAMP:
+                    z.write(p, p.relative_to(folder).as_posix())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

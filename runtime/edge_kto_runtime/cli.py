@@ -46,25 +46,34 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def _default_db(bundle: str) -> str:
     from pathlib import Path
 
-    b = Path(bundle)
-    return str(b.with_name(b.stem + "-feedback.sqlite"))
+    b = Path(bundle).resolve()  # "." has no name of its own
+    return str(b.with_name((b.stem if b.is_file() else b.name) + "-feedback.sqlite"))
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .model import load
     from .serve import ServeConfig, serve
 
+    cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key, max_body_bytes=a.max_body_bytes,
+                      max_tokens_cap=a.max_tokens_cap, model_name=a.model_name,
+                      feedback_db=None if a.no_feedback else (a.feedback_db or _default_db(a.bundle)),
+                      allowed_hosts=tuple(a.allowed_host or ()), cors_origins=tuple(a.cors_origin or ()),
+                      max_connections=a.max_connections, timeout_s=a.timeout)
+    cfg.validate()  # before the (slow) load: a bad flag fails at once
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.api_key:
         print(f"edge-runtime: warning: serving on {a.host} without --api-key: anyone on the network can use it",
               file=sys.stderr)
-    m = load(a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads, n_ctx=a.n_ctx)
-    cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key, max_body_bytes=a.max_body_bytes,
-                      max_tokens_cap=a.max_tokens_cap, model_name=a.model_name,
-                      feedback_db=None if a.no_feedback else (a.feedback_db or _default_db(a.bundle)))
-    srv = serve(m, cfg)
+    m = load(a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads, n_ctx=a.n_ctx,
+             require_passed=not a.allow_failed, expect_digest=a.expect_digest)
+    try:
+        srv = serve(m, cfg)
+    except BaseException:
+        m.close()
+        raise
     srv.verbose = a.verbose
     info = m.info()
-    print(f"serving {info['artifact']} ({info['backend']}, {info['quant']}) on http://{a.host}:{srv.server_address[1]}/v1 "
+    shown = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"serving {info['artifact']} ({info['backend']}, {info['quant']}) on http://{shown}:{srv.server_address[1]}/v1 "
           f"— loaded in {info['load_s']:.2f} s, verified in {info['verify_s']:.2f} s; feedback: {cfg.feedback_db or 'off'}",
           flush=True)
     try:
@@ -77,10 +86,24 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .bundle import failed_artifacts, manifest_digest, open_bundle
+
+    b = open_bundle(a.bundle, verify=True, expect_digest=a.expect)
+    digest = manifest_digest(b.root)
+    failed = failed_artifacts(b)
+    for art in b.artifacts:
+        state = f"gate FAILED ({'; '.join(failed[art.path])})" if art.path in failed else "gate passed"
+        print(f"  {art.path}: {art.backend} {art.quant}, hashes ok, {state}")
+    print(f"{b.root}: every listed file matches its sha256; manifest digest {digest}"
+          + (" (as expected)" if a.expect else " — pin it with --expect on the device"))
+    return 0
+
+
 def cmd_feedback(a: argparse.Namespace) -> int:
     from .feedback import FeedbackStore
 
-    store = FeedbackStore(a.db)
+    store = FeedbackStore(a.db, create=False)
     try:
         if a.feedback_command == "export":
             n, blank = store.export_kto(a.out)
@@ -170,8 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name")
     s.add_argument("--feedback-db", help="SQLite file for completions + thumbs (default: BUNDLE-feedback.sqlite)")
     s.add_argument("--no-feedback", action="store_true")
+    s.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also accept this Host name (localhost and IP literals always; '*' = any; DNS-rebinding guard)")
+    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="let a web app at ORIGIN (e.g. http://localhost:3000) call the API; none by default")
+    s.add_argument("--max-connections", type=int, default=128, help="open connections served at once (503 beyond)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds a socket may stay silent before it is closed")
+    s.add_argument("--allow-failed", action="store_true", help="serve an artifact the export's gate marked failed")
+    s.add_argument("--expect-digest", metavar="SHA256", help="refuse the bundle unless its manifest has this sha256")
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
+
+    v = sub.add_parser("verify", help="check every file's sha256 and print the manifest digest (the bundle's integrity root)")
+    v.add_argument("bundle")
+    v.add_argument("--expect", metavar="SHA256", help="refuse unless manifest.json has this sha256 (printed at export)")
+    v.set_defaults(func=cmd_verify)
 
     bn = sub.add_parser("bench", help="P99 latency harness (TTFT, TPOT, gaps, E2E) -> JSON + Markdown + PNG")
     bn.add_argument("bundle", nargs="?")

@@ -39,12 +39,19 @@ class UnknownRequest(KeyError):
 
 
 class FeedbackStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """``create=False`` (reading: stats, export): a missing file is an error, never a new empty log."""
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
+                                    "next to the bundle unless started with --feedback-db)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path}: not a feedback log ({e})") from None
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 

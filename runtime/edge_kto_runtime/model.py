@@ -16,8 +16,8 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from .backends import Backend, BackendMissing, log_softmax, physical_cores
-from .bundle import Artifact, Bundle, BundleError, open_bundle
-from .chat import render_chat
+from .bundle import Artifact, Bundle, BundleError, failed_artifacts, open_bundle, verify_bundle
+from .chat import TemplateError, render_chat
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
@@ -46,6 +46,7 @@ class StreamEvent:
     text: str
     token_id: int | None
     t: float  # seconds since the request started
+    finish_reason: str | None = None  # set on the last event: "stop" (EOS / stop string) or "length"
 
 
 def _is_ids(prompt: Any) -> bool:
@@ -87,18 +88,34 @@ def _pick_artifact(b: Bundle, backend: str, artifact: str | None) -> Artifact:
     raise BundleError(f"{b.root}: no {backend} artifact; have {[a.path for a in b.artifacts]}")
 
 
+class FailedArtifact(BundleError):
+    """The export's alignment gate marked this artifact as failed, and the caller requires a pass."""
+
+
 def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None, n_threads: int | None = None,
-         n_ctx: int | None = None, verify: bool = True, feedback_db: str | Path | None = None) -> "EdgeModel":
+         n_ctx: int | None = None, verify: bool = True, feedback_db: str | Path | None = None,
+         require_passed: bool = False, expect_digest: str | None = None) -> "EdgeModel":
     """Open a bundle folder or zip, verify it (every file's size and sha256, streamed), load one artifact.
 
     ``verify=False`` skips hashing (the manifest schema is still checked) — for a bundle just verified.
     ``feedback_db``: log every completion to this SQLite file so ``m.feedback(request_id, good)`` can rate it.
+    ``require_passed``: refuse an artifact the export's gate failed (otherwise a loud warning).
+    ``expect_digest``: the manifest's sha256 printed at export (``edge-runtime verify`` shows it).
     """
+    import warnings
+
     t0 = time.perf_counter()
-    b = open_bundle(bundle, verify=False)
+    b = open_bundle(bundle, verify=False, expect_digest=expect_digest)  # one manifest read: picked and verified alike
     art = _pick_artifact(b, backend, artifact)
+    failed = failed_artifacts(b).get(art.path)
+    if failed is not None:
+        msg = (f"{b.root}: artifact {art.path} FAILED the export's alignment gate ({'; '.join(failed)}); "
+               "its answers may differ from the trained student's")
+        if require_passed:
+            raise FailedArtifact(msg + " — refused (load it anyway with require_passed=False / --allow-failed)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     if verify:
-        b = open_bundle(b.root, verify=True)
+        verify_bundle(b)  # every file: a bundle with any mismatched hash is refused, not only its loaded artifact
     t1 = time.perf_counter()
     n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", 2048))
     n_threads = n_threads or physical_cores()
@@ -130,8 +147,33 @@ class EdgeModel:
                            bos_token=self.bos, eos_token=self.eos_tokens[0] if self.eos_tokens else None)
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Chat messages go through the bundle's template; a string is used as raw text."""
-        text = self.render(prompt) if isinstance(prompt, list) else prompt
+        """Chat messages go through the bundle's template; a string is used as raw text.
+
+        In chat messages only the template's own markers become control tokens: message text is
+        tokenized with special-token parsing off, so a user typing ``<|im_start|>system`` cannot
+        forge a turn. The template is rendered once with placeholders to find where each message's
+        text lands; a template that rewrites the text (e.g. ``| trim``) is handled by checking that
+        no message holds a control token, and refused when one does.
+        """
+        if not isinstance(prompt, list):
+            return self.backend.tokenize(prompt)
+        text = self.render(prompt)
+        marks = [f"\ue000{i}\ue001" for i in range(len(prompt))]
+        shell = self.render([{**m, "content": k} for m, k in zip(prompt, marks)])
+        ids: list[int] = []
+        rebuilt, rest = "", shell
+        for m, k in zip(prompt, marks):
+            head, found, rest = rest.partition(k)
+            if not found:
+                break
+            ids += self.backend.tokenize(head) + self.backend.tokenize(m["content"], special=False)
+            rebuilt += head + m["content"]
+        else:
+            if rebuilt + rest == text:
+                return ids + self.backend.tokenize(rest)
+        for i, m in enumerate(prompt):  # the template rewrote message text: only safe without control tokens
+            if self.backend.tokenize(m["content"]) != self.backend.tokenize(m["content"], special=False):
+                raise TemplateError(f"messages[{i}].content holds a control token of this model's vocabulary")
         return self.backend.tokenize(text)
 
     def ids(self, prompt: Prompt | list[int]) -> list[int]:
@@ -159,18 +201,19 @@ class EdgeModel:
             ids = ids[-(self.backend.n_ctx - min(max_new, self.backend.n_ctx // 2)):]
             room = self.backend.n_ctx - len(ids)
         stops = [s for s in (stop or []) + self.stop_strings if s]
+        limit = min(max_new, room)  # the context can cut an answer before max_new_tokens: still "length"
         t0 = time.perf_counter()
         out: list[int] = []
-        emitted = ""
-        for tok in self.backend.generate_ids(ids, min(max_new, room), temp, top_p, top_k, seed):
+        emitted, reason = "", None
+        for tok in self.backend.generate_ids(ids, limit, temp, top_p, top_k, seed):
             if tok in self.eos_ids and not ignore_eos:
+                reason = "stop"
                 break
             out.append(tok)
             text = self.backend.detokenize(out).decode("utf-8", errors="replace")
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:
-                if cut > len(emitted):
-                    yield StreamEvent(text[len(emitted):cut], tok, time.perf_counter() - t0)
+                yield StreamEvent(text[len(emitted):cut] if cut > len(emitted) else "", tok, time.perf_counter() - t0, "stop")
                 return
             safe = len(text.rstrip("\ufffd"))
             for s in stops:  # hold back a tail that may still become a stop string
@@ -182,22 +225,21 @@ class EdgeModel:
             emitted += piece
             yield StreamEvent(piece, tok, time.perf_counter() - t0)
         text = self.backend.detokenize(out).decode("utf-8", errors="replace") if out else ""
-        if len(text) > len(emitted):
-            yield StreamEvent(text[len(emitted):], None, time.perf_counter() - t0)
+        reason = reason or ("length" if len(out) >= limit else "stop")
+        yield StreamEvent(text[len(emitted):] if len(text) > len(emitted) else "", None, time.perf_counter() - t0, reason)
 
     def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:
         rid = kw.pop("request_id", None) or uuid.uuid4().hex
         ids = self.ids(prompt)
         t0 = time.perf_counter()
-        text, toks, times = [], [], []
-        max_new = kw.get("max_new_tokens") or self.defaults.get("max_new_tokens", 256)
+        text, toks, times, reason = [], [], [], "stop"
         for ev in self.stream_events(ids, **kw):
             text.append(ev.text)
+            reason = ev.finish_reason or reason
             if ev.token_id is not None:
                 toks.append(ev.token_id)
                 times.append(ev.t)
         total = time.perf_counter() - t0
-        reason = "length" if len(toks) >= max_new else "stop"
         out = Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
         if self.feedback_store is not None and not _is_ids(prompt):
             self.feedback_store.log_completion(rid, prompt, out.text, str(self.bundle.manifest.get("name")))

@@ -14,7 +14,8 @@ def _sampling_props(cap: int) -> dict[str, Any]:
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": cap},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 2},
+        "n": {"type": "integer", "enum": [1]},
         "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
         "stream": {"type": "boolean"},
         "ignore_eos": {"type": "boolean"},
@@ -23,7 +24,7 @@ def _sampling_props(cap: int) -> dict[str, Any]:
 
 
 def _post(summary: str, schema_ref: str, ok: dict[str, Any], extra_errors: tuple[str, ...] = ()) -> dict[str, Any]:
-    responses = {"200": ok, "400": _ERROR, "401": _ERROR, "413": _ERROR}
+    responses = {"200": ok, "400": _ERROR, "401": _ERROR, "403": _ERROR, "413": _ERROR, "415": _ERROR}
     for code in extra_errors:
         responses[code] = _ERROR
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": {

@@ -3,14 +3,26 @@
 Endpoints: ``POST /v1/chat/completions`` and ``/v1/completions`` (JSON or SSE streaming),
 ``GET /v1/models``, ``GET /health``, ``POST /v1/feedback``, ``GET /openapi.json``.
 
-Safety by default: binds 127.0.0.1; optional bearer token; request bodies over ``max_body_bytes``
-get 413; ``max_tokens`` above the cap gets 400. One model instance: requests are accepted
-concurrently and generate one at a time (a lock), so concurrent clients queue, never error.
+Safe by default, because a local server is reachable from every web page the user opens:
+binds 127.0.0.1; only loopback / IP-literal ``Host`` values (DNS rebinding sends a domain name;
+``allowed_hosts`` adds names); a request with a browser ``Origin`` is refused unless that origin is
+in ``cors_origins``; POST bodies must be ``application/json`` (no CSRF through a text/plain form);
+optional bearer token compared in constant time. Bodies over ``max_body_bytes`` get 413 (also in
+answer to ``Expect: 100-continue``, before the body is sent); ``max_tokens`` above the cap 400.
+Every error answers with JSON and closes the connection when the body was not read, so a body can
+never be parsed as the next request. Sockets time out (``timeout_s``) and at most
+``max_connections`` are served at once (503 beyond), so stalled clients cannot pin threads.
+
+One model instance: requests are accepted concurrently and generate one at a time (a lock), so
+concurrent clients queue, never error. A completion is logged for feedback *before* it is sent.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import queue
+import socket
 import threading
 import time
 import uuid
@@ -18,9 +30,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import serve_requests as req
+from .chat import TemplateError
 from .feedback import FeedbackStore, UnknownRequest
 from .model import ContextOverflow, EdgeModel
-from .openapi import ROLES, openapi_spec
+from .openapi import openapi_spec
+from .serve_requests import BadRequest, host_allowed
 
 
 @dataclass
@@ -32,75 +47,68 @@ class ServeConfig:
     max_tokens_cap: int = 512
     model_name: str | None = None
     feedback_db: str | None = None  # SQLite path; None = no logging
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP literals; "*" = any
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    max_connections: int = 128
+    timeout_s: float = 30.0  # per socket read/write: an idle or stalled client frees its thread
+    backlog: int = 128  # pending connections the kernel queues (the stdlib default, 5, resets bursts)
 
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param, self.status = param, status
-
-
-def _num(body: dict, key: str, lo: float, hi: float, default: Any, integer: bool = False) -> Any:
-    v = body.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise BadRequest(f"'{key}' must be {'an integer' if integer else 'a number'}", key)
-    if not lo <= v <= hi:
-        raise BadRequest(f"'{key}' must be between {lo} and {hi}, got {v}", key)
-    return v
-
-
-def _sampling(body: dict, cap: int) -> dict[str, Any]:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > cap:
-        raise BadRequest(f"max_tokens {max_tokens} is above this server's cap ({cap})", "max_tokens")
-    stop = body.get("stop")
-    if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-            raise BadRequest("'stop' must be a string or a list of up to 4 strings", "stop")
-    stream, ignore_eos = body.get("stream", False), body.get("ignore_eos", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean", "stream")
-    if not isinstance(ignore_eos, bool):
-        raise BadRequest("'ignore_eos' must be a boolean", "ignore_eos")
-    return {"max_new_tokens": _num(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", 1, cap, min(256, cap), True),
-            "temperature": _num(body, "temperature", 0, 2, 0.0), "top_p": _num(body, "top_p", 0, 1, 1.0),
-            "seed": _num(body, "seed", -(2**63), 2**63 - 1, None, True), "stop": stop, "stream": stream,
-            "ignore_eos": ignore_eos}  # an extension (llama-server, vLLM): fixed-length outputs for benchmarks
-
-
-def _messages(body: dict) -> list[dict[str, str]]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("'messages' must be a non-empty list", "messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {list(ROLES)}", f"messages[{i}].role")
-        c = m.get("content")
-        if isinstance(c, list):  # OpenAI content parts: keep the text ones
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in c):
-                raise BadRequest(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
-            c = "".join(p["text"] for p in c)
-        if not isinstance(c, str):
-            raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
-        out.append({"role": m["role"], "content": c})
-    return out
+    def validate(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty: pass a real key, or none to serve without authentication")
+        for name in ("max_body_bytes", "max_tokens_cap", "max_connections", "backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
 
 
 class EdgeServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model: EdgeModel, cfg: ServeConfig):
+        cfg.validate()
         self.model, self.cfg = model, cfg
         self.name = cfg.model_name or str(model.bundle.manifest.get("name") or "edge-kto")
         self.gen_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(cfg.max_connections)
         self.feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None
         self.started = time.time()
+        self.verbose = False
+        self.request_queue_size = cfg.backlog
+        if ":" in cfg.host:
+            self.address_family = socket.AF_INET6
         super().__init__((cfg.host, cfg.port), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # at the cap: answer 503 now rather than queue a thread
+            body = b'{"error": {"message": "too many open connections; retry", "type": "server_busy"}}'
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or stalls is routine, not a traceback; anything else is printed."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def server_close(self) -> None:
         super().server_close()
@@ -112,41 +120,92 @@ class Handler(BaseHTTPRequestHandler):
     server: EdgeServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.cfg.timeout_s  # StreamRequestHandler applies it to the socket
+        super().setup()
+
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet by default; the CLI can turn this on
-        if getattr(self.server, "verbose", False):
+        if self.server.verbose:
             super().log_message(fmt, *args)
 
     # ------------------------------------------------------------ plumbing
 
+    def _cors(self) -> dict[str, str]:
+        origin = self.headers.get("Origin")
+        if origin and origin in self.server.cfg.cors_origins:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {}
+
     def _send(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8", errors="replace")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
+        if not self._body_read:  # an unread body must never be parsed as the next request
+            self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        for k, v in {**self._cors(), **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
+        self._responded = True
         self.wfile.write(data)
 
     def _error(self, status: int, message: str, param: str | None = None, etype: str = "invalid_request_error") -> None:
         self._send(status, {"error": {"message": message, "type": etype, "param": param, "code": None}})
 
-    def _authorized(self) -> bool:
-        key = self.server.cfg.api_key
-        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+    def _admit(self, post: bool) -> int | None:
+        """Host, Origin, auth, Content-Type and Content-Length, in that order; the body length when admitted."""
+        self._body_read = self.headers.get("Content-Length") is None and self.headers.get("Transfer-Encoding") is None
+        self._responded = False
+        cfg = self.server.cfg
+        if not host_allowed(self.headers.get("Host"), cfg.allowed_hosts):
+            self._error(403, f"Host {self.headers.get('Host')!r} is not allowed (a DNS-rebinding guard); "
+                             "start the server with --allowed-host NAME to serve that name", etype="forbidden")
+            return None
+        origin = self.headers.get("Origin")
+        if (origin and origin not in cfg.cors_origins) or (
+                not origin and self.headers.get("Sec-Fetch-Site") == "cross-site"):
+            self._error(403, f"cross-origin request from {origin or 'another site'} refused "
+                             "(allow a web app with --cors-origin ORIGIN)", etype="forbidden")
+            return None
+        if cfg.api_key and not self._authorized(cfg.api_key):
             self._error(401, "missing or wrong bearer token", etype="authentication_error")
-            return False
-        return True
-
-    def _body(self) -> dict:
+            return None
+        if not post:
+            return 0
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            self._error(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
+            return None
+        if self.headers.get("Transfer-Encoding"):
+            self._error(411, "chunked bodies are not accepted: send Content-Length")
+            return None
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise BadRequest("a JSON body with Content-Length is required", status=411 if length is None else 400)
-        n = int(length)
-        if n > self.server.cfg.max_body_bytes:
-            self.close_connection = True
-            raise BadRequest(f"request body of {n} bytes is over the {self.server.cfg.max_body_bytes}-byte limit", status=413)
+        if length is None or not (length.isascii() and length.isdigit()):
+            self._error(411 if length is None else 400, "a JSON body with a decimal Content-Length is required")
+            return None
+        if int(length) > cfg.max_body_bytes:
+            self._error(413, f"request body of {length} bytes is over the {cfg.max_body_bytes}-byte limit")
+            return None
+        return int(length)
+
+    def _authorized(self, key: str) -> bool:
+        scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+    def handle_expect_100(self) -> bool:
+        """Answer ``Expect: 100-continue`` only when the request would be admitted (no 100 before a 413)."""
+        if self._admit(post=self.command == "POST") is None:
+            return False
+        return super().handle_expect_100()
+
+    def _read_json(self, n: int) -> dict:
         raw = self.rfile.read(n)
+        if len(raw) < n:
+            self.close_connection = True
+            raise BadRequest(f"the body ended after {len(raw)} of {n} bytes")
+        self._body_read = True
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -155,16 +214,57 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest("the body must be a JSON object")
         return body
 
+    def _guarded(self, route: Any, *args: Any) -> None:
+        """Run a route; every failure becomes a JSON error response (never a dropped connection)."""
+        try:
+            route(*args)
+        except BadRequest as e:
+            self._fail(e.status, str(e), e.param)
+        except ContextOverflow as e:
+            self._fail(400, str(e), "messages", "context_length_exceeded")
+        except TemplateError as e:  # the chat template's raise_exception, e.g. roles out of order
+            self._fail(400, f"the chat template refused these messages: {e}", "messages")
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+        except Exception as e:  # noqa: BLE001 - a bug must still answer, and the server must live on
+            self.close_connection = True
+            self._fail(500, f"internal error: {type(e).__name__}", etype="server_error")
+
+    def _fail(self, status: int, message: str, param: str | None = None, etype: str = "invalid_request_error") -> None:
+        if self._responded:  # headers already out (streaming): all we can do is close
+            self.close_connection = True
+            return
+        try:
+            self._error(status, message, param, etype)
+        except OSError:
+            self.close_connection = True
+
     # ------------------------------------------------------------ routes
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight, only for configured origins
+        self._body_read, self._responded = True, False
+        origin = self.headers.get("Origin")
+        if not origin or origin not in self.server.cfg.cors_origins or not host_allowed(
+                self.headers.get("Host"), self.server.cfg.allowed_hosts):
+            return self._error(403, "CORS preflight refused (allow a web app with --cors-origin ORIGIN)", etype="forbidden")
+        self.send_response(204)
+        for k, v in {**self._cors(), "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                     "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600",
+                     "Content-Length": "0"}.items():
+            self.send_header(k, v)
+        self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
-        if path == "/health":
-            return self._send(200, {"status": "ok", "model": self.server.name, **self.server.model.info(),
-                                    "uptime_s": round(time.time() - self.server.started, 1)})
-        if path == "/openapi.json":
+        if path in ("/health", "/openapi.json"):  # no auth, nothing private: status and the API's shape
+            self._body_read = self.headers.get("Content-Length") in (None, "0")
+            self._responded = False
+            if path == "/health":
+                info = {k: v for k, v in self.server.model.info().items() if k != "bundle"}  # no local paths
+                return self._send(200, {"status": "ok", "model": self.server.name, **info,
+                                        "uptime_s": round(time.time() - self.server.started, 1)})
             return self._send(200, openapi_spec(self.server.cfg.max_tokens_cap, self.server.cfg.max_body_bytes))
-        if not self._authorized():
+        if self._admit(post=False) is None:
             return None
         if path == "/v1/models":
             return self._send(200, {"object": "list", "data": [{"id": self.server.name, "object": "model",
@@ -174,36 +274,26 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         routes = {"/v1/chat/completions": self._chat, "/v1/completions": self._completions, "/v1/feedback": self._feedback}
+        n = self._admit(post=True)
+        if n is None:
+            return None
         if path not in routes:
             return self._error(404, f"no route POST {path}")
-        if not self._authorized():
-            return None
-        try:
-            routes[path](self._body())
-        except BadRequest as e:
-            self._error(e.status, str(e), e.param)
-        except ContextOverflow as e:
-            self._error(400, str(e), "messages", "context_length_exceeded")
+        self._guarded(lambda: routes[path](self._read_json(n)))
 
     def _chat(self, body: dict) -> None:
-        msgs = _messages(body)
-        self._generate(msgs, self.server.model.encode(msgs), _sampling(body, self.server.cfg.max_tokens_cap), chat=True)
+        msgs = req.messages(body)
+        self._generate(msgs, self.server.model.encode(msgs), req.sampling(body, self.server.cfg.max_tokens_cap), chat=True)
 
     def _completions(self, body: dict) -> None:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise BadRequest("'prompt' must be a string", "prompt")
-        self._generate(prompt, self.server.model.encode(prompt), _sampling(body, self.server.cfg.max_tokens_cap), chat=False)
+        prompt = req.prompt(body)
+        self._generate(prompt, self.server.model.encode(prompt), req.sampling(body, self.server.cfg.max_tokens_cap), chat=False)
 
     def _feedback(self, body: dict) -> None:
         store = self.server.feedback
         if store is None:
             raise BadRequest("feedback logging is off (start the server with --feedback-db)", status=409)
-        rid, good, note = body.get("request_id"), body.get("good"), body.get("note")
-        if not isinstance(rid, str) or not isinstance(good, bool) or (note is not None and not isinstance(note, str)):
-            raise BadRequest("expected {'request_id': str, 'good': bool, 'note'?: str}")
+        rid, good, note = req.feedback(body)
         try:
             store.add_feedback(rid, good, note)
         except UnknownRequest:
@@ -211,6 +301,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"ok": True, "request_id": rid})
 
     # ------------------------------------------------------------ generation
+
+    def _log(self, rid: str, prompt: Any, text: str) -> None:
+        if self.server.feedback is not None:
+            self.server.feedback.log_completion(rid, prompt, text, self.server.name)
 
     def _generate(self, prompt: Any, ids: list[int], s: dict[str, Any], chat: bool) -> None:
         m, srv = self.server.model, self.server
@@ -221,28 +315,28 @@ class Handler(BaseHTTPRequestHandler):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kw = {k: s[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")}
         created = int(time.time())
+        if s["stream"]:
+            return self._stream(rid, created, prompt, ids, kw, chat)
         with srv.gen_lock:
-            if s["stream"]:
-                text = self._stream(rid, created, ids, kw, chat)
-            else:
-                c = m.complete(ids, request_id=rid, **kw)
-                text = c.text
-                choice = ({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
-                          if chat else {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
-                self._send(200, {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                                 "model": srv.name, "choices": [choice],
-                                 "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
-                                           "total_tokens": c.prompt_tokens + len(c.token_ids)}})
-        if srv.feedback is not None and text is not None:
-            srv.feedback.log_completion(rid, prompt, text, srv.name)
+            c = m.complete(ids, request_id=rid, **kw)
+        self._log(rid, prompt, c.text)  # committed before the client can see the id
+        choice = ({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+                  if chat else {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
+        self._send(200, {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                         "model": srv.name, "choices": [choice],
+                         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
+                                   "total_tokens": c.prompt_tokens + len(c.token_ids)}})
 
-    def _stream(self, rid: str, created: int, ids: list[int], kw: dict[str, Any], chat: bool) -> str | None:
+    def _stream(self, rid: str, created: int, prompt: Any, ids: list[int], kw: dict[str, Any], chat: bool) -> None:
         obj = "chat.completion.chunk" if chat else "text_completion"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
+        for k, v in self._cors().items():
+            self.send_header(k, v)
         self.end_headers()
+        self._responded = True
         self.close_connection = True
 
         def chunk(piece: str | None, finish: str | None, role: bool = False) -> bytes:
@@ -252,24 +346,50 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
             data = {"id": rid, "object": obj, "created": created, "model": self.server.name, "choices": [choice]}
-            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8", errors="replace")
 
-        parts, n = [], 0
+        parts, finish = [], "stop"
         try:
             if chat:
                 self.wfile.write(chunk("", None, role=True))
-            for ev in self.server.model.stream_events(ids, **kw):
-                n += ev.token_id is not None
+            for ev in self._generated(ids, kw):
+                finish = ev.finish_reason or finish
                 if ev.text:
                     parts.append(ev.text)
                     self.wfile.write(chunk(ev.text, None))
                     self.wfile.flush()
-            finish = "length" if n >= kw["max_new_tokens"] else "stop"
+            self._log(rid, prompt, "".join(parts))  # before the final chunk: a thumbs-up right after works
             self.wfile.write(chunk(None, finish) + b"data: [DONE]\n\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client left: stop generating
-            return None
-        return "".join(parts)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left or stalled: stop generating
+            return
+
+    def _generated(self, ids: list[int], kw: dict[str, Any]) -> Any:
+        """Stream events from a producer thread that holds the generation lock only while it
+        generates: a client that reads slowly delays its own stream, never the queue behind it."""
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        end, stop = object(), threading.Event()
+
+        def produce() -> None:
+            try:
+                with self.server.gen_lock:
+                    for ev in self.server.model.stream_events(ids, **kw):
+                        events.put(ev)
+                        if stop.is_set():
+                            break
+            except BaseException as e:  # noqa: BLE001 - handed to the writer, raised there
+                events.put(e)
+            finally:
+                events.put(end)
+
+        threading.Thread(target=produce, daemon=True).start()
+        try:
+            while (ev := events.get()) is not end:
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+        finally:
+            stop.set()
 
 
 def serve(model: EdgeModel, cfg: ServeConfig) -> EdgeServer:

@@ -21,7 +21,8 @@ class Backend(Protocol):
     n_ctx: int
     n_vocab: int
 
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """No BOS added. ``special=False``: control-token text (``<|im_start|>``) stays plain text."""
 
     def detokenize(self, ids: list[int]) -> bytes: ...
 

@@ -28,9 +28,9 @@ class LlamaCppBackend:
         self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self.n_vocab = self.llm.n_vocab()
 
-    def tokenize(self, text: str) -> list[int]:
-        """Special tokens in ``text`` (the chat template's markers) are parsed; no BOS is added."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """``special``: control-token text (the chat template's markers) is parsed; no BOS is added."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.llm.detokenize(ids, special=False)
@@ -101,21 +101,36 @@ class LlamaCppBackend:
         self.llm.n_tokens = 0
         self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
 
-    def save_prefix(self, ids: list[int], path: Path) -> None:
-        """Evaluate ``ids`` and persist the KV state, so a restart skips the shared system prompt."""
-        import pickle
+    def save_prefix(self, ids: list[int], path: Path, key: str) -> None:
+        """Evaluate ``ids`` and persist the KV state, so a restart skips the shared system prompt.
+
+        Stored as a plain ``.npz`` (never a pickle: loading one runs code) with ``key``, which names
+        the model file and prompt it belongs to; :meth:`load_prefix` refuses any other key.
+        """
+        import io
 
         self.reset()
         self.llm.eval(ids)
+        st = self.llm.save_state()
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), input_ids=st.input_ids, scores=st.scores, n_tokens=np.array(st.n_tokens),
+                 seed=np.array(st.seed), llama_state=np.frombuffer(st.llama_state, dtype=np.uint8))
         from ..atomic import write_atomic
 
-        write_atomic(path, pickle.dumps(self.llm.save_state()))
+        write_atomic(path, buf.getvalue())
 
-    def load_prefix(self, path: Path) -> int:
-        """Restore a persisted KV state; returns how many prompt tokens it covers."""
-        import pickle
-
-        self.llm.load_state(pickle.loads(path.read_bytes()))
+    def load_prefix(self, path: Path, key: str) -> int:
+        """Restore a persisted KV state written for ``key``; returns how many prompt tokens it covers."""
+        try:
+            z = np.load(path, allow_pickle=False)
+            saved = str(z["key"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a prefix state file ({e})") from None
+        if saved != key:
+            raise ValueError(f"{path}: a prefix state for another model or prompt; refused")
+        state = z["llama_state"].tobytes()
+        self.llm.load_state(llama_cpp.LlamaState(z["input_ids"], z["scores"], int(z["n_tokens"]), state, len(state),
+                                                 int(z["seed"])))
         return self.llm.n_tokens
 
     def close(self) -> None:

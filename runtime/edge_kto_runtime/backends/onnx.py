@@ -29,6 +29,7 @@ class OnnxGenaiBackend:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_vocab = int(self._vocab_size(path))
+        self.specials = self._special_texts(path)
 
     @staticmethod
     def _vocab_size(path: Path) -> int:
@@ -36,8 +37,32 @@ class OnnxGenaiBackend:
 
         return json.loads((path / "genai_config.json").read_text())["model"]["vocab_size"]
 
-    def tokenize(self, text: str) -> list[int]:
-        return [int(t) for t in self.tokenizer.encode(text)]
+    @staticmethod
+    def _special_texts(path: Path) -> list[str]:
+        """Control-token strings of the vocabulary (``tokenizer.json`` added tokens marked special)."""
+        import json
+
+        tj = path / "tokenizer.json"
+        if not tj.is_file():
+            return []
+        added = json.loads(tj.read_text(encoding="utf-8")).get("added_tokens") or []
+        return sorted({t["content"] for t in added if t.get("special") and t.get("content")}, key=len, reverse=True)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """onnxruntime-genai always parses control tokens; with ``special=False`` every control-token
+        string in ``text`` is encoded in two halves, so it stays plain text (never the control id)."""
+        hits = [s for s in self.specials if s in text] if not special else []
+        if not hits:
+            return [int(t) for t in self.tokenizer.encode(text)] if text else []
+        import re
+
+        ids: list[int] = []
+        for piece in re.split("(" + "|".join(map(re.escape, hits)) + ")", text):
+            if piece in hits:
+                ids += self.tokenize(piece[:1], True) + self.tokenize(piece[1:], False)
+            elif piece:
+                ids += [int(t) for t in self.tokenizer.encode(piece)]
+        return ids
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.tokenizer.decode(np.asarray(ids, dtype=np.int32)).encode("utf-8")

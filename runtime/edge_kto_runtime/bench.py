@@ -58,11 +58,20 @@ def _synthetic_ids(m: EdgeModel, n: int, rng: random.Random) -> list[int]:
     return ids[:n]
 
 
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """One user turn per line of a text file: split at ``\n`` only (U+2028 may sit inside a prompt),
+    a BOM is not part of line 1, CRLF endings and blank lines are dropped."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = [x.rstrip("\r") for x in text.split("\n") if x.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no prompts (one user turn per line)")
+    return lines
+
+
 def _prompts(m: EdgeModel, cfg: BenchConfig, n: int) -> list[list[int]]:
     rng = random.Random(cfg.seed)
     if cfg.prompts_file:
-        text = Path(cfg.prompts_file).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of line 1
-        lines = [x.rstrip("\r") for x in text.split("\n") if x.strip()]  # "\n" only: U+2028 may sit in a prompt
+        lines = read_prompt_lines(cfg.prompts_file)
         return [m.encode([{"role": "user", "content": lines[i % len(lines)]}]) for i in range(n)]
     if cfg.prefix_cache:
         system = m.backend.tokenize(SYSTEM * 8)[:cfg.n_prompt]

@@ -54,13 +54,14 @@ def test_every_line_separator_inside_a_row_survives_every_reader(tmp_path, sep):
 
 
 def test_runtime_bench_prompt_file_splits_on_newline_only(tmp_path):
-    from edge_kto_runtime.bench import BenchConfig
+    from edge_kto_runtime.bench import read_prompt_lines
 
     p = tmp_path / "prompts.txt"
-    p.write_bytes("\ufefffirst\u2028still first\r\nsecond\n\n".encode("utf-8"))
-    text = p.read_text(encoding="utf-8-sig")
-    assert [x.rstrip("\r") for x in text.split("\n") if x.strip()] == ["first\u2028still first", "second"]
-    assert BenchConfig(bundle="", prompts_file=str(p)).prompts_file == str(p)
+    p.write_bytes("\ufefffirst\u2028still first\u0085too\r\nsecond\n\n".encode("utf-8"))
+    assert read_prompt_lines(p) == ["first\u2028still first\u0085too", "second"]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompt_lines(tmp_path / "empty.txt")
 
 
 def test_a_bom_is_skipped_and_every_issue_is_reported_at_once(tmp_path):

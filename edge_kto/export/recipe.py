@@ -385,8 +385,8 @@ def _mixed_gguf(c: GgufCandidate, layers: list[int]) -> GgufCandidate:
     ``mixed_layers:int8`` upgrades), unless the candidate names its own tensor types."""
     if c.type != "Q4_0" or c.tensor_types:
         return c
-    # llama.cpp applies tensor-type overrides only without ``pure``; Q4_0 without an imatrix changes no
-    # other tensor then (the token embedding is set to Q8_0 explicitly), so the grid stays exact.
+    # Not ``pure``: a pure quantization ignores per-tensor choices, and without an imatrix non-pure Q4_0
+    # leaves every other Linear Q4_0 (test_quant's mixed test reads the GGUF back: exact, max |diff| 0).
     return replace(c, tensor_types={mixed_8bit_gguf_pattern(layers): "Q8_0"}, pure=False if c.pure is None else c.pure)
 
 

@@ -20,6 +20,7 @@ from edge_kto_runtime.check import Thresholds, check_artifact, markdown_table, r
 from edge_kto_runtime.verifiers import get_verifier
 
 from .jsonl import write_atomic, write_json_atomic
+from edge_kto_runtime.errors import InvalidInput
 
 
 @dataclass
@@ -45,7 +46,7 @@ class CheckResult:
 def _reference_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path:
     ref = cfg.reference or (manifest.get("training") or {}).get("run") or manifest.get("base_model")
     if not ref:
-        raise ValueError(f"{cfg.bundle}: no --reference given and the manifest names no training run")
+        raise InvalidInput(f"{cfg.bundle}: no --reference given and the manifest names no training run")
     p = Path(ref)
     if (p / "model" / "config.json").is_file():
         return p / "model"
@@ -55,7 +56,7 @@ def _reference_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path:
 
     kind, loc = resolve_spec(ref)
     if kind != "hf_dir":
-        raise ValueError(f"{ref}: the reference must be a run folder or a transformers model folder")
+        raise InvalidInput(f"{ref}: the reference must be a run folder or a transformers model folder")
     return Path(loc)
 
 
@@ -89,7 +90,7 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     b = open_bundle(cfg.bundle, verify=cfg.verify)
     m = b.manifest
     if "golden" not in m:
-        raise ValueError(f"{b.root}: the bundle has no golden set; export it with --golden-data")
+        raise InvalidInput(f"{b.root}: the bundle has no golden set; export it with --golden-data")
     golden = read_golden(b.file(m["golden"]["path"]))
     spec = cfg.verifier or m["golden"].get("verifier")
     verifier = get_verifier(spec) if spec else None
@@ -123,5 +124,5 @@ def load_thresholds(path: str | None) -> dict[str, float]:
     d = d.get("thresholds", d.get("check", d))
     known = set(Thresholds.__dataclass_fields__)
     if set(d) - known:
-        raise ValueError(f"{path}: unknown threshold(s) {sorted(set(d) - known)}; known: {sorted(known)}")
+        raise InvalidInput(f"{path}: unknown threshold(s) {sorted(set(d) - known)}; known: {sorted(known)}")
     return {k: float(v) for k, v in d.items()}

@@ -7,12 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from .jsonl import DataError
+from edge_kto_runtime.verifiers import BUILTIN as BUILTIN_VERIFIERS
+
+from edge_kto_runtime.errors import GateFailed, add_common_flags, run_cli
+
+from . import __version__
+from .teacher.base import TEACHERS
+from edge_kto_runtime.errors import InvalidInput
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 
 def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     dash = f"--{prefix}" if prefix else "--"
-    p.add_argument(f"{dash}kind", dest=f"{prefix}kind", choices=["hf", "gguf", "openai"], default="gguf",
+    p.add_argument(f"{dash}kind", dest=f"{prefix}kind", choices=list(TEACHERS), default="gguf",
                    help="teacher backend: hf (transformers), gguf (llama.cpp) or openai (HTTP endpoint)")
     p.add_argument(f"{dash}model", dest=f"{prefix}model", default="smollm2-135m-instruct",
                    help="HF folder, .gguf file, known model name, hub id, or the server's model name for openai")
@@ -143,7 +150,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         if not a.source:
             return 0
     if not a.source or not a.out:
-        raise ValueError("export needs SOURCE (a run folder or model) and --out BUNDLE")
+        raise InvalidInput("export needs SOURCE (a run folder or model) and --out BUNDLE")
     from .check import load_thresholds
 
     opts = _gguf_options(a)
@@ -187,11 +194,11 @@ def _export_yaml(path: str) -> dict:
     d = yaml.safe_load(open(path, encoding="utf-8")) or {}
     d = d.get("export", d) if isinstance(d, dict) else d
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping of ExportConfig fields")
+        raise InvalidInput(f"{path}: expected a mapping of ExportConfig fields")
     known = {f.name for f in dataclasses.fields(ExportConfig)} - {"source", "out"}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown export option(s) {unknown}; known: {sorted(known)}")
+        raise InvalidInput(f"{path}: unknown export option(s) {unknown}; known: {sorted(known)}")
     return d
 
 
@@ -202,7 +209,7 @@ def _gguf_options(a: argparse.Namespace) -> dict:
         pairs = [t.split("=", 1) for t in a.tensor_type]
         bad = [t for t, p in zip(a.tensor_type, pairs) if len(p) != 2 or not p[0] or not p[1]]
         if bad:
-            raise ValueError(f"--tensor-type {bad[0]!r}: expected REGEX=TYPE, e.g. ffn_down=Q6_K")
+            raise InvalidInput(f"--tensor-type {bad[0]!r}: expected REGEX=TYPE, e.g. ffn_down=Q6_K")
         opts["tensor_types"] = dict(pairs)
     if a.imatrix:
         opts["imatrix"] = True
@@ -242,7 +249,7 @@ def _print_alignment(res) -> int:
             print(f"FAILED {r['artifact']}: {'; '.join(r['failures'])}", file=sys.stderr)
     if res.report_path:
         print(f"report: {res.report_path}; results in manifest.json (alignment)")
-    return 0 if res.passed else 3
+    return 0 if res.passed else GateFailed.exit_code
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -254,13 +261,18 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .pipeline import PipelineConfig, run_pipeline
+    from .pipeline import PipelineConfig, plan_keys, run_pipeline
 
     cfg = PipelineConfig.from_yaml(a.pipeline)
     if a.out:
         cfg.out = a.out
     if a.student:
         cfg.student = a.student
+    if a.plan:
+        for name, key in plan_keys(cfg).items():
+            done = (Path(cfg.out) / "stages" / f"{name}-{key}" / "done.json").is_file()
+            print(f"{name:<14} {key}  {'cached' if done else 'runs'}")
+        return 0
     rep = run_pipeline(cfg, progress=not a.quiet)
     print("\n" + rep["markdown"])
     print(f"report: {cfg.out}/report.md, {cfg.out}/report.json")
@@ -302,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", type=int, default=4, help="samples per prompt")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--system", help="system prompt seen by teacher and student")
     g.add_argument("--teacher-context", help="text (or @file) seen by the teacher only")
@@ -314,13 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("candidates")
     lab.add_argument("--out", default="kto.jsonl")
     lab.add_argument("--labeler", choices=["verifier", "judge", "human"], default="verifier")
-    lab.add_argument("--verifier", help="exact | normalized_exact | contains_all | regex | numeric | module:function")
+    lab.add_argument("--verifier", help=" | ".join([*BUILTIN_VERIFIERS, "module:function"]))
     lab.add_argument("--human-labels", help="JSONL or CSV with id,label")
     _teacher_args(lab, "judge_")
     lab.add_argument("--student", help="also sample the student (on-policy) for each prompt")
     lab.add_argument("--student-n", type=int, default=2)
     lab.add_argument("--student-temperature", type=float, default=0.8)
-    lab.add_argument("--max-new-tokens", type=int, default=128)
+    lab.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     lab.add_argument("--keep-duplicates", action="store_true")
     lab.set_defaults(func=cmd_label)
 
@@ -399,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline")
     r.add_argument("--out", help="override the pipeline's out folder")
     r.add_argument("--student", help="override the pipeline's student model")
+    r.add_argument("--plan", action="store_true", help="check the file and list each stage: cached, or runs (nothing is run)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -415,19 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cache-dir")
     f.set_defaults(func=cmd_models_fetch)
     models.add_parser("list", help="known models").set_defaults(func=cmd_models_list)
+    add_common_flags(p, f"edge-kto {__version__}")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"edge-kto: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # FetchError, ModelNotAvailable, TeacherHTTPError
-        print(f"edge-kto: error: {e}", file=sys.stderr)
-        return 1
+    """Exit codes (one policy with ``edge-runtime``, see edge_kto_runtime.errors): 0 ok, 1 tool failed,
+    2 bad input, 3 gate failed, 130 interrupted; a bug shows its traceback."""
+    return run_cli("edge-kto", build_parser(), argv, lambda a: a.func(a))
 
 
 if __name__ == "__main__":

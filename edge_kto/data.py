@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from .jsonl import DataError, DataIssue, iter_jsonl
+from edge_kto_runtime.errors import MissingInput
+from edge_kto_runtime.verifiers import BUILTIN
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
-VERIFIERS = ("contains_all", "exact", "normalized_exact", "regex", "numeric")
+VERIFIERS = tuple(BUILTIN)  # the runtime's registry: one list of built-in verifier names
 
 
 @dataclass
@@ -238,7 +240,7 @@ def read_task(folder: str | Path) -> Task:
     folder = Path(folder)
     spec_path = folder / "task.json"
     if not spec_path.exists():
-        raise FileNotFoundError(f"{spec_path}: no such file (a task folder needs task.json, train.jsonl, eval.jsonl)")
+        raise MissingInput(f"{spec_path}: no such file (a task folder needs task.json, train.jsonl, eval.jsonl)")
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

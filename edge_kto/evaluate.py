@@ -16,6 +16,7 @@ from edge_kto_runtime.verifiers import get_verifier
 from .data import Task, to_messages
 from .generate import teacher_messages
 from .teacher.base import GenRequest, SamplingParams, TeacherConfig, make_teacher
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 
 @dataclass
@@ -40,7 +41,7 @@ def score_answers(name: str, task: Task, answers: list[str], seconds: float) -> 
     return EvalResult(name, correct / max(len(outs), 1), correct, len(outs), seconds, outs)
 
 
-def eval_teacher(name: str, cfg: TeacherConfig, task: Task, with_context: bool, max_new_tokens: int = 128) -> EvalResult:
+def eval_teacher(name: str, cfg: TeacherConfig, task: Task, with_context: bool, max_new_tokens: int = MAX_NEW_TOKENS) -> EvalResult:
     """A teacher (or the student as an HF/GGUF model): greedy answers; ``with_context`` adds teacher_context."""
     t0 = time.perf_counter()
     teacher = make_teacher(cfg)
@@ -54,7 +55,7 @@ def eval_teacher(name: str, cfg: TeacherConfig, task: Task, with_context: bool, 
     return score_answers(name, task, answers, time.perf_counter() - t0)
 
 
-def eval_artifact(name: str, bundle: str, artifact: str, task: Task, max_new_tokens: int = 128,
+def eval_artifact(name: str, bundle: str, artifact: str, task: Task, max_new_tokens: int = MAX_NEW_TOKENS,
                   n_threads: int | None = None) -> EvalResult:
     from edge_kto_runtime import load
 

@@ -35,6 +35,8 @@ from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from .resume import check_same_job, job_record
 from .quant.fake import (ACTIVATIONS, FORMATS, mixed_8bit_layers, mixed_8bit_names, on_grid, quantizable_linears,
                          unwrap_linears, wrap_linears)
+from edge_kto_runtime.errors import InvalidInput, MissingInput
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class FinishConfig:
     max_length: int = 384
     mixed: bool = False  # the sensitive q/k/v/down projections ship at 8-bit: trained unquantized (see quant.fake)
     on_policy: bool = False  # also KL on the fp student's own greedy answers to the training prompts
-    on_policy_max_new_tokens: int = 128
+    on_policy_max_new_tokens: int = MAX_NEW_TOKENS
     save_steps: int = 20
     seed: int = 0
     threads: int | None = None
@@ -75,7 +77,7 @@ class FinishConfig:
         if self.kl_weight < 0 or self.ce_weight < 0 or self.kl_weight + self.ce_weight == 0:
             errs.append("kl_weight/ce_weight: non-negative, not both 0")
         if errs:
-            raise ValueError("invalid finish config:\n  " + "\n  ".join(errs))
+            raise InvalidInput("invalid finish config:\n  " + "\n  ".join(errs))
 
 
 @dataclass
@@ -95,7 +97,7 @@ def source_model_dir(source: str | Path) -> Path:
         return p / "model"
     if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
         return p
-    raise FileNotFoundError(f"{source}: not a training run folder with a merged model/ nor an HF model folder")
+    raise MissingInput(f"{source}: not a training run folder with a merged model/ nor an HF model folder")
 
 
 def _rows(cfg: FinishConfig, tok: Any) -> list[tuple[list[int], list[int], bool]]:
@@ -110,7 +112,7 @@ def _rows(cfg: FinishConfig, tok: Any) -> list[tuple[list[int], list[int], bool]
         if t is not None:
             rows.append((t.prompt_ids, t.completion_ids, t.label))
     if len(rows) < cfg.batch_size:
-        raise ValueError(f"{cfg.data}: {len(rows)} usable rows, fewer than one finishing batch ({cfg.batch_size})")
+        raise InvalidInput(f"{cfg.data}: {len(rows)} usable rows, fewer than one finishing batch ({cfg.batch_size})")
     return rows
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from edge_kto_runtime.atomic import write_atomic  # one implementation: server and device
+from edge_kto_runtime.errors import InvalidInput, MissingInput
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class DataIssue:
         return f"{where}: field '{self.field}': {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class DataError(ValueError):
+class DataError(InvalidInput):
     """Bad input data. Holds every issue found (up to a cap) so users fix a file in one pass."""
 
     MAX_SHOWN = 20
@@ -71,7 +72,7 @@ def iter_jsonl(path: str | Path, issues: list[DataIssue] | None = None) -> Itera
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, expected a JSONL file")
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from edge_kto_runtime.errors import InvalidInput
 
 
 def file_digest(path: str | Path) -> str | None:
@@ -66,5 +67,5 @@ def check_same_job(record_path: Path, current: dict[str, Any], ignore: tuple[str
         return  # an unreadable record is rewritten; the checkpoint itself is checked by its loader
     diff = changes(saved, current, ignore)
     if diff:
-        raise ValueError(f"{record_path.parent}: holds a run of a different job; resuming it would mix two experiments. "
+        raise InvalidInput(f"{record_path.parent}: holds a run of a different job; resuming it would mix two experiments. "
                          f"Changed: {'; '.join(diff)}. Use another output, or start over (--force / delete it).")

@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+from edge_kto_runtime.errors import InvalidInput
 
 SELECT_MODES = ("all", "smallest-passing")
 ONNX_ALGOS = ("default", "rtn", "k_quant")
 
 
-class CandidateError(ValueError):
+class CandidateError(InvalidInput):
     """A candidate spec that cannot be built (names the candidate and the field)."""
 
 

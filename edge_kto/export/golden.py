@@ -24,6 +24,7 @@ import torch
 
 from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
 from ..jsonl import iter_jsonl
+from edge_kto_runtime.defaults import GOLDEN_MAX_NEW_TOKENS
 
 
 @dataclass
@@ -146,7 +147,7 @@ def with_hard_pairs(prompts: list[GoldenPrompt], verifier: Callable[[str, Any], 
     return prompts
 
 
-def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_tokens: int = 64, top_k: int = 16,
+def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS, top_k: int = 16,
                  progress: bool = True, batch_size: int = 16) -> list[dict[str, Any]]:
     """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch)."""
     from tqdm.auto import tqdm

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models.fetch import cache_root
+from edge_kto_runtime.errors import InvalidInput, MissingDependency, ToolError
+from edge_kto_runtime.defaults import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ K_QUANTS = {"Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", 
 LEGACY = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
 
 
-class ConverterMissing(RuntimeError):
+class ConverterMissing(MissingDependency):
     pass
 
 
@@ -142,7 +144,7 @@ def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16", conv: Conv
     p = subprocess.run([sys.executable, str(conv.script), str(hf_dir), "--outfile", str(out), "--outtype", outtype],
                        env=env, capture_output=True, text=True)
     if p.returncode or not out.is_file():
-        raise RuntimeError(f"llama.cpp convert_hf_to_gguf.py failed on {hf_dir}:\n{(p.stderr or p.stdout)[-3000:]}")
+        raise ToolError(f"llama.cpp convert_hf_to_gguf.py failed on {hf_dir}:\n{(p.stderr or p.stdout)[-3000:]}")
     return time.perf_counter() - t
 
 
@@ -163,10 +165,10 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
     if ftype is None:
         known = sorted(n[len("LLAMA_FTYPE_MOSTLY_"):] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
-        raise ValueError(f"unknown GGUF quantization type {qtype!r}; llama.cpp knows {known}")
+        raise InvalidInput(f"unknown GGUF quantization type {qtype!r}; llama.cpp knows {known}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = threads or (os.cpu_count() or 1)
+    params.nthread = threads or default_threads()
     params.pure = bool(pure)
     if token_embedding_type:
         params.token_embedding_type = _ggml_type(token_embedding_type)
@@ -204,7 +206,7 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, 
         lg.setLevel(level)
     del keep
     if rc != 0 or not out.is_file():
-        raise RuntimeError(f"llama_model_quantize({src.name} -> {qtype}) failed with code {rc}:\n{captured.text[-2000:]}")
+        raise ToolError(f"llama_model_quantize({src.name} -> {qtype}) failed with code {rc}:\n{captured.text[-2000:]}")
     return time.perf_counter() - t
 
 
@@ -214,7 +216,7 @@ def _ggml_type(name: str) -> int:
     v = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
     if v is None:
         known = sorted(n[len("GGML_TYPE_"):] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT")
-        raise ValueError(f"unknown GGML tensor type {name!r}; known: {known}")
+        raise InvalidInput(f"unknown GGML tensor type {name!r}; known: {known}")
     return int(v)
 
 
@@ -230,7 +232,7 @@ def _check_patterns(src: Path, tensor_types: dict[str, str]) -> None:
     names = list(gguf_tensor_shapes(src))
     for pattern in tensor_types:
         if not any(re.search(pattern, n) for n in names):
-            raise ValueError(f"tensor_types: regex {pattern!r} matches no tensor of {src.name} "
+            raise InvalidInput(f"tensor_types: regex {pattern!r} matches no tensor of {src.name} "
                              f"(names look like {names[min(5, len(names) - 1)]!r})")
 
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from edge_kto_runtime.errors import ToolError
 
 
 class OnnxBuild:
@@ -48,7 +49,7 @@ class OnnxBuild:
             dt = time.perf_counter() - self._t0
             if rc or not (self.out_dir / "genai_config.json").is_file():
                 self._log.seek(0)
-                raise RuntimeError(f"onnxruntime-genai builder failed on {self.hf_dir}:\n{self._log.read()[-3000:]}")
+                raise ToolError(f"onnxruntime-genai builder failed on {self.hf_dir}:\n{self._log.read()[-3000:]}")
             return dt
         finally:
             self.close()

@@ -42,6 +42,8 @@ from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tenso
 from .calibrate import importance_matrix
 from .onnx import OnnxBuild
 from .select import select_artifacts
+from edge_kto_runtime.errors import InputExists, InvalidInput
+from edge_kto_runtime.defaults import DEVICE_MAX_NEW_TOKENS, GOLDEN_MAX_NEW_TOKENS, N_CTX
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,13 @@ class ExportConfig:
     calibration_limit: int = 256  # rows
     golden_data: str | None = None  # task folder (eval split), prompt file or KTO rows; default: the run's data
     golden_limit: int = 32
-    golden_max_new_tokens: int = 64
+    golden_max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS
     golden_top_k: int = 16
     golden_verifier: str | None = None  # task accuracy in the check; default: the task folder's verifier
     check: bool = True  # run the alignment gate on the finished bundle (needs a golden set)
     thresholds: dict[str, float] = field(default_factory=dict)
-    max_new_tokens: int = 256  # generation defaults written into the manifest
-    n_ctx: int = 2048
+    max_new_tokens: int = DEVICE_MAX_NEW_TOKENS  # generation defaults written into the manifest
+    n_ctx: int = N_CTX
     name: str | None = None
     force: bool = False
     zip: bool = False
@@ -150,7 +152,7 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
 
         hf = gguf_to_hf(loc, work / "hf")
         return Source(hf, hf, {"method": "none", "base_model": cfg.source}, None)
-    raise ValueError(f"{cfg.source}: export needs a local run folder or model (hub ids: download first)")
+    raise InvalidInput(f"{cfg.source}: export needs a local run folder or model (hub ids: download first)")
 
 
 def _merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
@@ -192,7 +194,7 @@ def _tool_versions(conv: Any) -> dict[str, Any]:
 
 def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise FileExistsError(f"{out}: already exists; pass --force to replace it")
+        raise InputExists(f"{out}: already exists; pass --force to replace it")
 
 
 def run_export(cfg: ExportConfig, progress: bool = True) -> ExportResult:

@@ -21,6 +21,7 @@ from ..teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, m
 from .human import read_human_labels
 from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
 from .verifiers import BUILTIN, get_verifier
+from edge_kto_runtime.errors import InvalidInput
 
 __all__ = ["LabelConfig", "LabelResult", "OnPolicyConfig", "run_label", "get_verifier", "parse_verdict", "BUILTIN"]
 
@@ -111,22 +112,22 @@ def _labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -
         if judge_teacher is not None:
             return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
         if cfg.judge is None:
-            raise ValueError("labeler 'judge' needs a judge teacher config")
+            raise InvalidInput("labeler 'judge' needs a judge teacher config")
         with make_teacher(cfg.judge) as own:
             return LLMJudge(own, cfg.rubric).judge(rows)
     if cfg.labeler == "human":
         if not cfg.human_labels:
-            raise ValueError("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")
+            raise InvalidInput("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")
         human = read_human_labels(cfg.human_labels)
         return [human.get(str(r["id"])) for r in rows]
-    raise ValueError(f"labeler must be 'verifier', 'judge' or 'human', got {cfg.labeler!r}")
+    raise InvalidInput(f"labeler must be 'verifier', 'judge' or 'human', got {cfg.labeler!r}")
 
 
 def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: Teacher | None = None) -> LabelResult:
     rows = _read_candidates(cfg.candidates)
     if cfg.on_policy is not None:
         if cfg.labeler == "human":
-            raise ValueError("on-policy student samples cannot be labeled by pre-recorded human labels")
+            raise InvalidInput("on-policy student samples cannot be labeled by pre-recorded human labels")
         rows += _student_samples(cfg.on_policy, rows, cfg.progress, student)
     labels = _labels(cfg, rows, judge_teacher)
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .registry import KNOWN_MODELS, ModelSource
+from edge_kto_runtime.errors import ToolError
 
 
-class FetchError(RuntimeError):
+class FetchError(ToolError):
     pass
 
 

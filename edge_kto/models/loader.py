@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .registry import KNOWN_MODELS
+from edge_kto_runtime.errors import InvalidInput, UserError
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UserError, RuntimeError):
     pass
 
 
@@ -53,7 +54,7 @@ def gguf_path(spec: str | Path) -> Path:
 
         return Path(fetch_model(str(spec)).gguf)
     if kind != "gguf":
-        raise ValueError(f"needs a .gguf file or a known model name, got {spec!r}")
+        raise InvalidInput(f"needs a .gguf file or a known model name, got {spec!r}")
     return Path(loc)
 
 

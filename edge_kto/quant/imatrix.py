@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edge_kto_runtime.errors import InvalidInput
 
 # HF Llama-family module names -> GGUF tensor names (llama.cpp's tensor map for LLaMA / Qwen2 / SmolLM).
 _HF_TO_GGUF = [
@@ -33,7 +34,7 @@ _HF_TO_GGUF = [
 ]
 
 
-class ImatrixError(ValueError):
+class ImatrixError(InvalidInput):
     """An importance matrix that cannot be used with this model (names the file and tensor)."""
 
 

@@ -12,6 +12,9 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 from ..data import Messages
+from edge_kto_runtime.errors import InvalidInput
+from edge_kto_runtime.plugins import import_target
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 
 @dataclass
@@ -19,7 +22,7 @@ class SamplingParams:
     n: int = 4
     temperature: float = 0.8
     top_p: float = 0.95
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -28,7 +31,7 @@ class SamplingParams:
 
 @dataclass
 class TeacherConfig:
-    """Which teacher. ``kind``: "hf" (local/hub transformers), "gguf" (llama.cpp) or "openai" (HTTP)."""
+    """Which teacher. ``kind``: a key of ``TEACHERS`` ("hf", "gguf", "openai")."""
 
     kind: str = "gguf"
     model: str = "smollm2-135m-instruct"
@@ -41,6 +44,10 @@ class TeacherConfig:
     n_ctx: int = 4096  # gguf
     n_threads: int | None = None  # gguf: default = all cores
     name: str | None = None  # provenance label; default derived from model
+
+    def validate(self) -> None:
+        if self.kind not in TEACHERS:
+            raise InvalidInput(f"kind: one of {', '.join(TEACHERS)}, got {self.kind!r}")
 
     def display_name(self) -> str:
         return self.name or f"{self.kind}:{self.model}"
@@ -81,17 +88,15 @@ class Teacher(ABC):
         self.close()
 
 
+#: Teacher backends by ``TeacherConfig.kind``, imported when used. A new backend: one file with a
+#: :class:`Teacher` subclass taking a ``TeacherConfig``, plus one line here.
+TEACHERS: dict[str, str] = {
+    "hf": "edge_kto.teacher.hf:HFTeacher",  # transformers, local folder or hub id
+    "gguf": "edge_kto.teacher.llamacpp:LlamaCppTeacher",  # llama.cpp
+    "openai": "edge_kto.teacher.openai_http:OpenAITeacher",  # any OpenAI-compatible HTTP server
+}
+
+
 def make_teacher(cfg: TeacherConfig) -> Teacher:
-    if cfg.kind == "hf":
-        from .hf import HFTeacher
-
-        return HFTeacher(cfg)
-    if cfg.kind == "gguf":
-        from .llamacpp import LlamaCppTeacher
-
-        return LlamaCppTeacher(cfg)
-    if cfg.kind == "openai":
-        from .openai_http import OpenAITeacher
-
-        return OpenAITeacher(cfg)
-    raise ValueError(f"teacher kind must be 'hf', 'gguf' or 'openai', got {cfg.kind!r}")
+    cfg.validate()
+    return import_target(TEACHERS[cfg.kind], "teacher")(cfg)

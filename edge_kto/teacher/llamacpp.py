@@ -8,12 +8,13 @@ garbage for SmolLM2, so we never go through it.
 
 from __future__ import annotations
 
-import os
 
 from edge_kto_runtime.chat import render_chat
 
 from ..models.loader import gguf_path
 from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
+from edge_kto_runtime.errors import InvalidInput
+from edge_kto_runtime.defaults import default_threads
 
 
 class LlamaCppTeacher(Teacher):
@@ -26,13 +27,13 @@ class LlamaCppTeacher(Teacher):
         self.llm = Llama(
             model_path=str(self.path),
             n_ctx=cfg.n_ctx,
-            n_threads=cfg.n_threads or os.cpu_count(),
+            n_threads=cfg.n_threads or default_threads(),
             verbose=False,
         )
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         if not self.template:
-            raise ValueError(f"{self.path}: GGUF has no tokenizer.chat_template; cannot format chat prompts")
+            raise InvalidInput(f"{self.path}: GGUF has no tokenizer.chat_template; cannot format chat prompts")
         vocab = self.llm._model
         self.bos = vocab.token_get_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
         self.eos = vocab.token_get_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""

@@ -16,18 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
+from edge_kto_runtime.errors import InvalidInput, ToolError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class TeacherHTTPError(RuntimeError):
+class TeacherHTTPError(ToolError):
     pass
 
 
 class OpenAITeacher(Teacher):
     def __init__(self, cfg: TeacherConfig):
         if not cfg.base_url:
-            raise ValueError("openai teacher needs base_url, e.g. http://127.0.0.1:8000/v1")
+            raise InvalidInput("openai teacher needs base_url, e.g. http://127.0.0.1:8000/v1")
         self.cfg = cfg
         self.name = cfg.display_name()
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..jsonl import write_json_atomic
+from edge_kto_runtime.errors import InvalidInput
 
 PREFIX = "step-"
 
@@ -87,13 +88,13 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, sc
 
     state = json.loads((ckpt.path / "state.json").read_text())
     if state.get("world_size") != accelerator.num_processes:
-        raise RuntimeError(f"{ckpt.path}: saved with {state.get('world_size')} processes, resuming with "
+        raise InvalidInput(f"{ckpt.path}: saved with {state.get('world_size')} processes, resuming with "
                            f"{accelerator.num_processes}; resume with the same number of processes")
     weights = torch.load(ckpt.path / "adapter.pt", weights_only=True)
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise RuntimeError(f"{ckpt.path}: adapter does not fit this model (e.g. {missing[0]}); was the LoRA config changed?")
+        raise InvalidInput(f"{ckpt.path}: adapter does not fit this model (e.g. {missing[0]}); was the LoRA config changed?")
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device))

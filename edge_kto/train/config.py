@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .loss import LOSS_TYPES
+from edge_kto_runtime.errors import InvalidInput
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -90,7 +91,7 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             errs.append(f"precision: auto, fp32 or bf16, got {self.precision!r}")
         if errs:
-            raise ValueError("invalid training config:\n  " + "\n  ".join(errs))
+            raise InvalidInput("invalid training config:\n  " + "\n  ".join(errs))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,13 +101,13 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown training option(s) {unknown}; known: {sorted(known)}")
+            raise InvalidInput(f"{where}: unknown training option(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
         lora = d.pop("lora", None) or {}
         if isinstance(lora, dict):
             lknown = {f.name for f in dataclasses.fields(LoraConfig)}
             if set(lora) - lknown:
-                raise ValueError(f"{where}: unknown lora option(s) {sorted(set(lora) - lknown)}; known: {sorted(lknown)}")
+                raise InvalidInput(f"{where}: unknown lora option(s) {sorted(set(lora) - lknown)}; known: {sorted(lknown)}")
             lora = LoraConfig(**lora)
         return cls(lora=lora, **d)
 
@@ -116,7 +117,7 @@ class TrainConfig:
 
         d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of training options")
+            raise InvalidInput(f"{path}: expected a mapping of training options")
         d = d.get("train", d)
         d.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_dict(d, where=str(path))

@@ -15,11 +15,12 @@ from ..data import KTOExample
 from ..stats import EQ8_HIGH, EQ8_LOW, eq8_ratio, kto_weight_range
 from .config import TrainConfig
 from .tokenize import Tokenized, tokenize_all
+from edge_kto_runtime.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InvalidInput):
     """The dataset cannot be trained on as configured."""
 
 

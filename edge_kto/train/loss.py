@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from edge_kto_runtime.errors import InvalidInput
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -58,7 +59,7 @@ def kto_loss(
 ) -> KTOLossOutput:
     """Per-row KTO losses for summed completion log-probs; ``labels`` is a bool tensor (True = desirable)."""
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        raise InvalidInput(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     labels = labels.bool()
     r = policy_logps - ref_logps
     if loss_type == "kto":

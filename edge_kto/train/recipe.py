@@ -36,6 +36,7 @@ from .metrics import StepAccumulator, plot_curves
 from .reference import (ReferenceTable, cache_key, cached_reference, compute_reference, default_cache_dir,
                         needed_sequences, weights_fingerprint)
 from .sft import attach_lora, sft_warm_start
+from edge_kto_runtime.errors import InputExists, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ def _prepare_run_dir(run: Path, resume: bool, force: bool, acc: Any) -> None:
             shutil.rmtree(run)
         done, ckpts = (run / "train_report.json").exists(), latest_checkpoint(run / "checkpoints")
         if not resume and (done or ckpts or (run / "metrics.jsonl").exists()):
-            raise FileExistsError(f"{run}: already holds a training run; pass --resume to continue it or --force to start over")
+            raise InputExists(f"{run}: already holds a training run; pass --resume to continue it or --force to start over")
         if resume and done:
-            raise FileExistsError(f"{run}: this run already finished (train_report.json); nothing to resume")
+            raise InputExists(f"{run}: this run already finished (train_report.json); nothing to resume")
         run.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
 
@@ -117,7 +118,7 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
     # cpu=True is what lets accelerate see a torchrun/accelerate-launch world on a machine without GPUs (gloo).
     acc = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=not torch.cuda.is_available())
     if cfg.batch_size % acc.num_processes:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})")
+        raise InvalidInput(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})")
     run = Path(cfg.out)
 
     # 1. Rows -> token ids. Every bad-input check happens here, before the model is loaded.

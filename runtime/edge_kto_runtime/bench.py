@@ -25,6 +25,9 @@ from typing import Any
 from . import __version__
 from .model import EdgeModel, load
 from .stats import drift, min_runs_for, summarize
+from .errors import InvalidInput
+from .backends import BACKENDS
+from .defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP
 
 SYSTEM = ("You are the support assistant of a smart-home company. Answer briefly and precisely, keep menu paths and "
           "numbers exactly as in the documentation, and say so when you do not know. ")
@@ -34,10 +37,10 @@ SYSTEM = ("You are the support assistant of a smart-home company. Answer briefly
 class BenchConfig:
     bundle: str
     artifacts: list[str] = field(default_factory=list)  # empty: the default artifact (or all with compare)
-    n_prompt: int = 128
-    n_gen: int = 64
-    runs: int = 200
-    warmup: int = 5
+    n_prompt: int = BENCH_N_PROMPT
+    n_gen: int = BENCH_N_GEN
+    runs: int = BENCH_RUNS
+    warmup: int = BENCH_WARMUP
     threads: int | None = None
     seed: int = 0
     cold: bool = False
@@ -54,7 +57,7 @@ def _synthetic_ids(m: EdgeModel, n: int, rng: random.Random) -> list[int]:
     words = "the device app light hub sensor battery menu reset network update schedule door lamp code".split()
     ids: list[int] = []
     while len(ids) < n:
-        ids += m.backend.tokenize(" ".join(rng.choice(words) for _ in range(64)))
+        ids += m.tokenize(" ".join(rng.choice(words) for _ in range(64)))
     return ids[:n]
 
 
@@ -64,7 +67,7 @@ def read_prompt_lines(path: str | Path) -> list[str]:
     text = Path(path).read_text(encoding="utf-8-sig")
     lines = [x.rstrip("\r") for x in text.split("\n") if x.strip()]
     if not lines:
-        raise ValueError(f"{path}: no prompts (one user turn per line)")
+        raise InvalidInput(f"{path}: no prompts (one user turn per line)")
     return lines
 
 
@@ -74,17 +77,17 @@ def _prompts(m: EdgeModel, cfg: BenchConfig, n: int) -> list[list[int]]:
         lines = read_prompt_lines(cfg.prompts_file)
         return [m.encode([{"role": "user", "content": lines[i % len(lines)]}]) for i in range(n)]
     if cfg.prefix_cache:
-        system = m.backend.tokenize(SYSTEM * 8)[:cfg.n_prompt]
+        system = m.tokenize(SYSTEM * 8)[:cfg.n_prompt]
         return [system + _synthetic_ids(m, cfg.n_turn, rng) for _ in range(n)]
     return [_synthetic_ids(m, cfg.n_prompt, rng) for _ in range(n)]
 
 
 def one_run(m: EdgeModel, ids: list[int], cfg: BenchConfig) -> dict[str, Any]:
     if not cfg.prefix_cache:
-        m.backend.reset()
+        m.reset()
     t0 = time.perf_counter()
     times = []
-    for tok in m.backend.generate_ids(ids, cfg.n_gen, 0.0):
+    for tok in m.generate_ids(ids, cfg.n_gen, 0.0):
         times.append(time.perf_counter() - t0)
         if cfg.natural_stop and tok in m.eos_ids:
             break
@@ -119,7 +122,7 @@ def _environment(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     versions: dict[str, Any] = {"edge_kto_runtime": __version__, "python": platform.python_version()}
-    for mod in ("llama_cpp", "onnxruntime_genai"):
+    for mod in (spec.requires for spec in BACKENDS.values()):
         if mod in sys.modules:
             versions[mod] = getattr(sys.modules[mod], "__version__", None)
     return {"cpu": cpu, "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
@@ -129,17 +132,17 @@ def _environment(threads: int) -> dict[str, Any]:
 def _restore_prefix(models: list[EdgeModel], system_ids: list[int], path: Path) -> None:
     """Load the system prompt's KV state saved by an earlier run, or compute and save it."""
     for m in models:
-        if m.backend.name != "llama.cpp":
+        if not m.capabilities.prefix_cache:
             continue
         p = path.with_name(f"{path.stem}-{Path(m.artifact.path).stem}{path.suffix or '.state'}")
         key = hashlib.sha256(json.dumps([m.artifact.entry.get("sha256"), system_ids]).encode()).hexdigest()
         try:
             if p.is_file():
-                m.backend.load_prefix(p, key)
+                m.load_prefix(p, key)
                 continue
         except ValueError:  # another model or prompt (or not a state file): rebuild it
             pass
-        m.backend.save_prefix(system_ids, p, key)
+        m.save_prefix(system_ids, p, key)
 
 
 def peak_rss_mb() -> float:
@@ -158,8 +161,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.runs < min_runs_for(99):
         warnings.append(f"{cfg.runs} runs are too few for a meaningful p99 (need >= {min_runs_for(99)}); it is the max in disguise")
     prompts = _prompts(models[0], cfg, cfg.warmup + cfg.runs)
-    if cfg.prefix_cache and any(m.backend.name != "llama.cpp" for m in models):
-        warnings.append("prefix cache: only the llama.cpp backend keeps KV state between requests; ONNX runs pay the full prompt")
+    no_cache = sorted({m.backend_name for m in models if not m.capabilities.prefix_cache})
+    if cfg.prefix_cache and no_cache:
+        warnings.append(f"prefix cache: {', '.join(no_cache)} keeps no KV state between requests; those runs pay the full prompt")
     if cfg.prefix_cache and cfg.prefix_state:
         _restore_prefix(models, prompts[0][:cfg.n_prompt], Path(cfg.prefix_state))
     per: dict[str, list[dict[str, Any]]] = {m.artifact.path: [] for m in models}
@@ -191,7 +195,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         if agg["drift_e2e"] and agg["drift_e2e"] > 1.1:
             warnings.append(f"{m.artifact.path}: the last 10% of runs were {agg['drift_e2e']:.2f}x slower than the first "
                             f"10% (thermal throttling or background load?)")
-        results.append({"artifact": m.artifact.path, "backend": m.backend.name, "quant": m.artifact.quant,
+        results.append({"artifact": m.artifact.path, "backend": m.backend_name, "quant": m.artifact.quant,
                         "bytes": m.artifact.entry.get("bytes"), **agg})
     env = _environment(models[0].n_threads)
     for m in models:

@@ -10,6 +10,7 @@ import random
 import time
 from typing import Any
 from urllib.parse import urlparse
+from .errors import ToolError
 
 WORDS = "the device app light hub sensor battery menu reset network update schedule door lamp code".split()
 
@@ -25,10 +26,13 @@ def _stream_once(url: str, model: str | None, prompt: str, n_gen: int, api_key: 
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     t0 = time.perf_counter()
-    conn.request("POST", f"{u.path}/chat/completions", body=json.dumps(body), headers=headers)
-    resp = conn.getresponse()
+    try:
+        conn.request("POST", f"{u.path}/chat/completions", body=json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+    except OSError as e:  # refused, reset, timed out: the server's failure, not the caller's input
+        raise ToolError(f"{url}: {e}") from None
     if resp.status != 200:
-        raise RuntimeError(f"{url}: HTTP {resp.status}: {resp.read()[:300]!r}")
+        raise ToolError(f"{url}: HTTP {resp.status}: {resp.read()[:300]!r}")
     times: list[float] = []
     for raw in resp:
         line = raw.decode("utf-8", "replace").strip()

@@ -28,14 +28,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .atomic import sweep_stale, temp_prefix
+from .backends import BACKENDS
+from .errors import InvalidInput
 
 FORMAT = "edge-kto-bundle"
 SCHEMA_VERSION = 1
-BACKENDS = ("llama.cpp", "onnxruntime-genai")
 _CHUNK = 1 << 20
 
 
-class BundleError(ValueError):
+class BundleError(InvalidInput):
     """The bundle cannot be trusted or used; the message names the file and what is wrong."""
 
 
@@ -107,8 +108,8 @@ def validate_manifest(m: Any, where: str) -> None:
         if not isinstance(a, dict) or not isinstance(a.get("path"), str):
             raise BundleError(f"{where}: field '{f}.path': missing")
         _safe_rel(a["path"].rstrip("/"), where)
-        if a.get("backend") not in BACKENDS:
-            raise BundleError(f"{where}: field '{f}.backend': expected one of {BACKENDS}, got {a.get('backend')!r}")
+        if a.get("backend") not in BACKENDS:  # the registry: a plugin's backend is known once registered
+            raise BundleError(f"{where}: field '{f}.backend': expected one of {tuple(BACKENDS)}, got {a.get('backend')!r}")
         if "files" in a:
             if not isinstance(a["files"], dict) or not a["files"]:
                 raise BundleError(f"{where}: field '{f}.files': expected a non-empty mapping")

@@ -12,9 +12,10 @@ import json
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
+from .errors import InvalidInput, MissingDependency
 
 
-class TemplateError(ValueError):
+class TemplateError(InvalidInput):
     pass
 
 
@@ -31,7 +32,7 @@ def _compile(template: str) -> Any:
     try:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:  # pragma: no cover
-        raise ImportError("chat templates need jinja2: pip install jinja2") from e
+        raise MissingDependency("chat templates need jinja2: pip install jinja2") from e
     from jinja2.ext import loopcontrols
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .model import EdgeModel
+from .errors import InvalidInput
 
 FpLogprobs = Callable[[list[int], list[int]], np.ndarray]  # (ids, positions) -> full fp log-probs
 
@@ -81,7 +82,7 @@ def _hard_pairs(completions: list[dict]) -> list[tuple[int, int]]:
 
 def _greedy_ids(m: EdgeModel, prompt_ids: list[int], n: int) -> list[int]:
     out = []
-    for tok in m.backend.generate_ids(prompt_ids, n, 0.0):
+    for tok in m.generate_ids(prompt_ids, n, 0.0):
         out.append(tok)
         if tok in m.eos_ids:
             break
@@ -132,7 +133,7 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
         greedy_eq.append(art_ids == g)
         ok_fp = ok_art = None
         if verifier is not None and row.get("reference") is not None:
-            art_text = m.backend.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
+            art_text = m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
             ok_fp, ok_art = bool(verifier(row["greedy_text"], row["reference"])), bool(verifier(art_text, row["reference"]))
             acc_fp.append(ok_fp)
             acc_art.append(ok_art)
@@ -160,7 +161,7 @@ def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list,
     kf = np.concatenate(kl_f) if kl_f else None
     kl = kf if kf is not None else kk
     res: dict[str, Any] = {
-        "artifact": m.artifact.path, "backend": m.backend.name, "quant": m.artifact.quant,
+        "artifact": m.artifact.path, "backend": m.backend_name, "quant": m.artifact.quant,
         "bytes": m.artifact.entry.get("bytes"), "bits_per_weight": m.artifact.entry.get("bits_per_weight"),
         "positions": int(kl.size),
         "kl_source": "full" if kf is not None else "top-k",
@@ -220,10 +221,10 @@ def run_device_check(bundle: str | Path, artifacts: list[str] | None = None, thr
     b = open_bundle(bundle, verify=True)
     g = b.manifest.get("golden")
     if not g:
-        raise ValueError(f"{b.root}: the bundle has no golden set")
+        raise InvalidInput(f"{b.root}: the bundle has no golden set")
     golden = read_golden(b.file(g["path"]))
     verifier = get_verifier(g["verifier"]) if g.get("verifier") else None
-    th = Thresholds.from_dict(thresholds or (b.manifest.get("alignment") or {}).get("thresholds"))
+    th = Thresholds.from_dict({**((b.manifest.get("alignment") or {}).get("thresholds") or {}), **(thresholds or {})})
     out = []
     for art in b.artifacts:
         if artifacts and art.path not in artifacts and art.path.rstrip("/") not in artifacts:

@@ -7,14 +7,35 @@ import json
 import sys
 
 from . import SCHEMA_VERSION, __version__
-from .bundle import BundleError
+from .errors import GateFailed, InvalidInput, add_common_flags, run_cli
+from .backends import backend_names
+from .defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
+
+
+def _thresholds(pairs: list[str] | None) -> dict[str, float] | None:
+    """``--threshold kld_mean_max=0.1`` (repeatable) over the thresholds the export's gate used."""
+    from .check import Thresholds
+
+    if not pairs:
+        return None
+    out: dict[str, float] = {}
+    known = list(Thresholds.__dataclass_fields__)
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep or name not in known:
+            raise InvalidInput(f"--threshold {p!r}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise InvalidInput(f"--threshold {p!r}: {value!r} is not a number") from None
+    return out
 
 
 def cmd_check(a: argparse.Namespace) -> int:
     from .bundle import open_bundle
     from .check import markdown_table, run_device_check
 
-    results = run_device_check(a.bundle, a.artifact, n_threads=a.threads)
+    results = run_device_check(a.bundle, a.artifact, thresholds=_thresholds(a.threshold), n_threads=a.threads)
     if a.json:
         print(json.dumps(results, indent=2))
     else:
@@ -29,7 +50,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     for r in results:
         if not r["passed"]:
             print(f"FAILED {r['artifact']}: {'; '.join(r['failures'])}", file=sys.stderr)
-    return 0 if all(r["passed"] for r in results) else 3
+    return 0 if all(r["passed"] for r in results) else GateFailed.exit_code
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -138,7 +159,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                                "e2e_p50_vs_fastest": 1.0}]}
     else:
         if not a.bundle:
-            raise ValueError("bench needs a BUNDLE (or --url)")
+            raise InvalidInput("bench needs a BUNDLE (or --url)")
         report = run_bench(cfg, progress=not a.quiet)
     from .atomic import write_atomic
 
@@ -157,16 +178,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-runtime", description="Run edge-kto bundles offline (no torch).")
-    p.add_argument("--version", action="version", version=f"edge-kto-runtime {__version__} (bundle schema {SCHEMA_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate (streamed) from a bundle")
     g.add_argument("bundle")
     g.add_argument("prompt")
     g.add_argument("--raw", action="store_true", help="use the prompt as raw text, not a chat user turn")
-    g.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
+    g.add_argument("--backend", default="auto", choices=backend_names())
     g.add_argument("--artifact")
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int)
     g.add_argument("--threads", type=int)
@@ -177,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--artifact", action="append")
     c.add_argument("--threads", type=int)
     c.add_argument("--json", action="store_true")
+    c.add_argument("--threshold", action="append", metavar="NAME=VALUE",
+                   help="override one of the export's gate thresholds (e.g. kld_mean_max=0.1); repeatable")
     c.set_defaults(func=cmd_check)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (127.0.0.1 unless --host)")
@@ -184,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
-    s.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
+    s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--artifact")
     s.add_argument("--threads", type=int)
     s.add_argument("--n-ctx", type=int)
@@ -214,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--artifact", action="append", help="artifact(s) to bench (default: the bundle's default)")
     bn.add_argument("--compare", action="store_true", help="every artifact, interleaved run by run")
     bn.add_argument("--prompts", help="text file, one user turn per line (default: synthetic prompts of --n-prompt tokens)")
-    bn.add_argument("--n-prompt", type=int, default=128)
-    bn.add_argument("--n-gen", type=int, default=64)
-    bn.add_argument("--runs", type=int, default=200)
-    bn.add_argument("--warmup", type=int, default=5)
+    bn.add_argument("--n-prompt", type=int, default=BENCH_N_PROMPT)
+    bn.add_argument("--n-gen", type=int, default=BENCH_N_GEN)
+    bn.add_argument("--runs", type=int, default=BENCH_RUNS)
+    bn.add_argument("--warmup", type=int, default=BENCH_WARMUP)
     bn.add_argument("--threads", type=int)
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--cold", action="store_true", help="include the model load in every run")
@@ -240,16 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs = f.add_parser("stats", help="how many completions and ratings")
     fs.add_argument("--db", required=True)
     fs.set_defaults(func=cmd_feedback)
+    add_common_flags(p, f"edge-kto-runtime {__version__} (bundle schema {SCHEMA_VERSION})")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        return a.func(a)
-    except (BundleError, ValueError, ImportError, FileNotFoundError) as e:
-        print(f"edge-runtime: error: {e}", file=sys.stderr)
-        return 2
+    """Exit codes (one policy with ``edge-kto``, see :mod:`.errors`): 0 ok, 1 tool failed, 2 bad input,
+    3 gate failed, 130 interrupted; a bug shows its traceback."""
+    return run_cli("edge-runtime", build_parser(), argv, lambda a: a.func(a))
 
 
 if __name__ == "__main__":

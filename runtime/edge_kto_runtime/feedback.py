@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
+from .errors import InvalidInput, MissingInput, UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
-class UnknownRequest(KeyError):
+class UnknownRequest(UserError, KeyError):
     pass
 
 
@@ -43,7 +44,7 @@ class FeedbackStore:
         """``create=False`` (reading: stats, export): a missing file is an error, never a new empty log."""
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
+            raise MissingInput(f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
                                     "next to the bundle unless started with --feedback-db)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -51,7 +52,7 @@ class FeedbackStore:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"{self.path}: not a feedback log ({e})") from None
+            raise InvalidInput(f"{self.path}: not a feedback log ({e})") from None
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 
@@ -62,7 +63,7 @@ class FeedbackStore:
 
     def add_feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
         if not isinstance(good, bool):
-            raise ValueError("'good' must be a JSON boolean")
+            raise InvalidInput("'good' must be a JSON boolean")
         with self._lock:
             if self._db.execute("SELECT 1 FROM completions WHERE request_id = ?", (request_id,)).fetchone() is None:
                 raise UnknownRequest(request_id)

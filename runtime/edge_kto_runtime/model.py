@@ -15,15 +15,17 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from .backends import Backend, BackendMissing, log_softmax, physical_cores
+from .backends import BACKENDS, Backend, BackendMissing, BackendSpec, log_softmax, resolve_backends
 from .bundle import Artifact, Bundle, BundleError, failed_artifacts, open_bundle, verify_bundle
 from .chat import TemplateError, render_chat
+from .errors import InvalidInput
+from .defaults import DEVICE_MAX_NEW_TOKENS, N_CTX, default_threads
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
 
 
-class ContextOverflow(ValueError):
+class ContextOverflow(InvalidInput):
     pass
 
 
@@ -53,38 +55,20 @@ def _is_ids(prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
 
 
-def _open_backend(art: Artifact, path: Path, n_ctx: int, n_threads: int) -> Backend:
-    if art.backend == "llama.cpp":
-        from .backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend(path, n_ctx, n_threads)
-    from .backends.onnx import OnnxGenaiBackend
-
-    return OnnxGenaiBackend(path, n_ctx, n_threads)
-
-
 def _pick_artifact(b: Bundle, backend: str, artifact: str | None) -> Artifact:
+    """The named artifact, or the first one whose backend ``backend`` allows and is installed."""
     if artifact:
         return b.artifact(artifact)
-    wanted = {"auto": ("llama.cpp", "onnxruntime-genai"), "llama.cpp": ("llama.cpp",), "gguf": ("llama.cpp",),
-              "onnx": ("onnxruntime-genai",), "onnxruntime-genai": ("onnxruntime-genai",)}.get(backend)
-    if wanted is None:
-        raise ValueError(f"backend must be auto, llama.cpp or onnx, got {backend!r}")
     missing = []
-    for name in wanted:
-        for a in b.artifacts:
-            if a.backend != name:
-                continue
-            try:
-                __import__("llama_cpp" if name == "llama.cpp" else "onnxruntime_genai")
-            except ImportError:
-                missing.append(name)
-                break
-            return a
-    extra = {"llama.cpp": "llamacpp", "onnxruntime-genai": "onnx"}
+    for spec in resolve_backends(backend):
+        arts = [a for a in b.artifacts if a.backend == spec.name]
+        if arts and not spec.installed():
+            missing.append(spec)
+        elif arts:
+            return arts[0]
     if missing:
-        raise BackendMissing(f"{b.root}: the {missing[0]} backend is not installed: pip install "
-                             f"'edge-kto-runtime[{extra[missing[0]]}]'")
+        raise BackendMissing(f"{b.root}: the {missing[0].name} backend is not installed: pip install "
+                             f"'edge-kto-runtime[{missing[0].extra}]'")
     raise BundleError(f"{b.root}: no {backend} artifact; have {[a.path for a in b.artifacts]}")
 
 
@@ -117,9 +101,9 @@ def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None,
     if verify:
         verify_bundle(b)  # every file: a bundle with any mismatched hash is refused, not only its loaded artifact
     t1 = time.perf_counter()
-    n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", 2048))
-    n_threads = n_threads or physical_cores()
-    be = _open_backend(art, b.file(art.path.rstrip("/")), n_ctx, n_threads)
+    n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", N_CTX))
+    n_threads = n_threads or default_threads()
+    be = BACKENDS[art.backend].open(b.file(art.path.rstrip("/")), n_ctx, n_threads)
     m = EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
     if feedback_db is not None:
         from .feedback import FeedbackStore
@@ -191,7 +175,7 @@ class EdgeModel:
                       ignore_eos: bool = False, truncate: bool = False) -> Iterator[StreamEvent]:
         """Token by token: text pieces that are complete characters, never a stop string's prefix."""
         ids = self.ids(prompt)
-        max_new = int(max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", 256))
+        max_new = int(max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", DEVICE_MAX_NEW_TOKENS))
         temp = float(temperature if temperature is not None else self.defaults.get("temperature", 0.0))
         room = self.backend.n_ctx - len(ids)
         if room < 1:
@@ -248,7 +232,7 @@ class EdgeModel:
     def feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
         """Thumbs up/down on a completion returned by :meth:`complete` (needs ``load(..., feedback_db=...)``)."""
         if self.feedback_store is None:
-            raise ValueError("feedback needs a log: load(bundle, feedback_db='feedback.sqlite')")
+            raise InvalidInput("feedback needs a log: load(bundle, feedback_db='feedback.sqlite')")
         self.feedback_store.add_feedback(request_id, good, note)
 
     def generate(self, prompt: Prompt, **kw: Any) -> str:
@@ -276,7 +260,7 @@ class EdgeModel:
         elif isinstance(prompt, list):
             c_ids = self._completion_ids(prompt, p_ids, completion)
         else:
-            c_ids = self.backend.tokenize(completion)
+            c_ids = self.tokenize(completion)
         return self.score_ids(p_ids, c_ids)
 
     def score_ids(self, prompt_ids: list[int], completion_ids: list[int]) -> float:
@@ -297,6 +281,49 @@ class EdgeModel:
         self.close()
 
     def info(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle.root), "artifact": self.artifact.path, "backend": self.backend.name,
-                "quant": self.artifact.quant, "n_ctx": self.backend.n_ctx, "n_threads": self.n_threads,
+        return {"bundle": str(self.bundle.root), "artifact": self.artifact.path, "backend": self.backend_name,
+                "quant": self.artifact.quant, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
                 "verify_s": round(self.verify_s, 4), "load_s": round(self.load_s, 4)}
+
+    # ------------------------------------------------------------ token-level door (bench, check, server)
+    # Callers use these, never ``m.backend``: EdgeModel is the one owner of the backend, and what a
+    # backend can do is declared in its registry entry (``capabilities``), not guessed from its name.
+
+    @property
+    def capabilities(self) -> BackendSpec:
+        return BACKENDS[self.artifact.backend]
+
+    @property
+    def backend_name(self) -> str:
+        return self.capabilities.name
+
+    @property
+    def n_ctx(self) -> int:
+        return self.backend.n_ctx
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Raw text -> ids, no BOS. ``special=False``: control-token text stays plain text."""
+        return self.backend.tokenize(text, special=special)
+
+    def detokenize(self, ids: list[int]) -> bytes:
+        return self.backend.detokenize(ids)
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0) -> Iterator[int]:
+        """Ids straight from the backend (no template, stop strings or text): what latency and the gate time."""
+        return self.backend.generate_ids(ids, max_new_tokens, temperature)
+
+    def reset(self) -> None:
+        """Forget cached state (KV), so the next request pays its whole prompt."""
+        self.backend.reset()
+
+    def save_prefix(self, ids: list[int], path: str | Path, key: str) -> None:
+        self._require("prefix_cache")
+        self.backend.save_prefix(ids, Path(path), key)
+
+    def load_prefix(self, path: str | Path, key: str) -> int:
+        self._require("prefix_cache")
+        return self.backend.load_prefix(Path(path), key)
+
+    def _require(self, capability: str) -> None:
+        if not getattr(self.capabilities, capability):
+            raise InvalidInput(f"the {self.backend_name} backend has no {capability.replace('_', ' ')}")

@@ -36,6 +36,7 @@ from .feedback import FeedbackStore, UnknownRequest
 from .model import ContextOverflow, EdgeModel
 from .openapi import openapi_spec
 from .serve_requests import BadRequest, host_allowed
+from .errors import InvalidInput
 
 
 @dataclass
@@ -55,12 +56,12 @@ class ServeConfig:
 
     def validate(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key is empty: pass a real key, or none to serve without authentication")
+            raise InvalidInput("api_key is empty: pass a real key, or none to serve without authentication")
         for name in ("max_body_bytes", "max_tokens_cap", "max_connections", "backlog"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise InvalidInput(f"{name} must be >= 1")
         if self.timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
+            raise InvalidInput("timeout_s must be > 0")
 
 
 class EdgeServer(ThreadingHTTPServer):
@@ -310,8 +311,8 @@ class Handler(BaseHTTPRequestHandler):
         m, srv = self.server.model, self.server
         if not ids:
             raise BadRequest("the prompt is empty", "prompt")
-        if len(ids) >= m.backend.n_ctx:
-            raise ContextOverflow(f"prompt is {len(ids)} tokens; this model's context holds {m.backend.n_ctx}")
+        if len(ids) >= m.n_ctx:
+            raise ContextOverflow(f"prompt is {len(ids)} tokens; this model's context holds {m.n_ctx}")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kw = {k: s[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")}
         created = int(time.time())

@@ -10,11 +10,12 @@ import ipaddress
 from typing import Any
 
 from .openapi import ROLES
+from .errors import InvalidInput
 
 SEED_MAX = 2**32 - 2  # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random": refuse, never truncate
 
 
-class BadRequest(ValueError):
+class BadRequest(InvalidInput):
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status

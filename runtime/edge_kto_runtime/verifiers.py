@@ -7,10 +7,11 @@ Each verifier is ``f(completion, reference) -> bool``. A user's own rule plugs i
 
 from __future__ import annotations
 
-import importlib
 import re
 import unicodedata
 from typing import Any, Callable
+from .errors import InvalidInput
+from .plugins import import_target
 
 Verifier = Callable[[str, Any], bool]
 
@@ -34,7 +35,7 @@ def contains_all(completion: str, reference: Any) -> bool:
     """Every phrase must appear (case- and whitespace-insensitive)."""
     phrases = [reference] if isinstance(reference, str) else list(reference or [])
     if not phrases:
-        raise ValueError("contains_all needs a non-empty list of phrases as reference")
+        raise InvalidInput("contains_all needs a non-empty list of phrases as reference")
     hay = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", completion).lower())
     return all(re.sub(r"\s+", " ", unicodedata.normalize("NFKC", str(p)).lower()).strip() in hay for p in phrases)
 
@@ -75,16 +76,12 @@ BUILTIN: dict[str, Verifier] = {
 
 
 def get_verifier(spec: str) -> Verifier:
-    """A built-in name, or ``module:function`` for a user's own rule."""
+    """A built-in name (a key of ``BUILTIN``: the one list of them), or ``module:function`` for a user's own rule."""
     if spec in BUILTIN:
         return BUILTIN[spec]
     if ":" in spec:
-        mod_name, fn_name = spec.split(":", 1)
-        try:
-            fn = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import verifier {spec!r}: {e}") from e
+        fn = import_target(spec, "verifier")
         if not callable(fn):
-            raise ValueError(f"verifier {spec!r} is not callable")
+            raise InvalidInput(f"verifier {spec!r} is not callable")
         return fn
-    raise ValueError(f"unknown verifier {spec!r}: one of {', '.join(BUILTIN)} or 'module:function'")
+    raise InvalidInput(f"unknown verifier {spec!r}: one of {', '.join(BUILTIN)} or 'module:function'")

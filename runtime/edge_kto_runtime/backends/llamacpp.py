@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from . import BackendMissing
+from ..errors import InvalidInput
 
 try:
     import llama_cpp
@@ -125,9 +126,9 @@ class LlamaCppBackend:
             z = np.load(path, allow_pickle=False)
             saved = str(z["key"])
         except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a prefix state file ({e})") from None
+            raise InvalidInput(f"{path}: not a prefix state file ({e})") from None
         if saved != key:
-            raise ValueError(f"{path}: a prefix state for another model or prompt; refused")
+            raise InvalidInput(f"{path}: a prefix state for another model or prompt; refused")
         state = z["llama_state"].tobytes()
         self.llm.load_state(llama_cpp.LlamaState(z["input_ids"], z["scores"], int(z["n_tokens"]), state, len(state),
                                                  int(z["seed"])))

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from . import BackendMissing
+from ..errors import ToolError
 
 try:
     import onnxruntime_genai as og
@@ -93,7 +94,7 @@ class OnnxGenaiBackend:
         out = np.asarray(gen.get_output("logits"), dtype=np.float32)
         out = out.reshape(-1, out.shape[-1])  # [len(ids), vocab] after a prompt
         if out.shape[0] != len(ids):
-            raise RuntimeError(f"onnxruntime-genai returned logits for {out.shape[0]} positions, expected {len(ids)}")
+            raise ToolError(f"onnxruntime-genai returned logits for {out.shape[0]} positions, expected {len(ids)}")
         return out[positions]
 
     def reset(self) -> None:

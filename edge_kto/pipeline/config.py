@@ -1,0 +1,144 @@
+"""``PipelineConfig``: a pipeline YAML file, typed section by section and checked when it loads.
+
+Each section is the Config of the stage it feeds (``train:`` is a :class:`TrainConfig`, ``export:``
+an :class:`ExportConfig`, ...); the few pipeline-only sections are the small dataclasses below. A
+wrong key or type anywhere stops ``edge-kto run`` before any work, naming ``file: section: key``.
+Fields a stage receives from the stages before it (input and output paths) are refused in the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge_kto_runtime.defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
+from edge_kto_runtime.errors import InvalidInput, MissingInput
+
+from ..export import ExportConfig
+from ..finish import FinishConfig
+from ..schema import from_mapping, to_mapping
+from ..teacher.base import SamplingParams, TeacherConfig
+from ..train import TrainConfig
+
+#: Set by the pipeline from the stages before (placeholders until then); refused in the YAML.
+SET_BY_PIPELINE: dict[str, dict[str, Any]] = {
+    "train": {"data": "<label stage>", "model": "<student>", "out": "<train stage>"},
+    "finish": {"source": "<train stage>", "data": "<label stage>", "out": "<finish stage>"},
+    "export": {"source": "<train or finish stage>", "out": "<export stage>", "golden_data": None, "force": True},
+}
+
+
+@dataclass
+class LabelSection:
+    """How the label stages add the student's own samples (labeled by the task's verifier)."""
+
+    student_samples: int = 2  # per training prompt (0: teacher answers only)
+    student_temperature: float = 0.8
+    eval_student_samples: int = 1  # per eval prompt: the golden set's preference pairs
+
+
+@dataclass
+class EvaluateSection:
+    """Which models the evaluate stage scores on the eval split (the bundle's artifacts always)."""
+
+    teacher: bool = True
+    student_before: bool = True
+    finished: bool = True  # the finished fp32 weights, when a finish stage ran
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+
+@dataclass
+class BenchSection:
+    """The latency stage: every shipped artifact, and the teacher (llama.cpp teachers)."""
+
+    runs: int = BENCH_RUNS
+    warmup: int = BENCH_WARMUP
+    n_prompt: int = BENCH_N_PROMPT
+    n_gen: int = BENCH_N_GEN
+    threads: int | None = None
+    teacher: bool = True
+    teacher_runs: int = 10
+
+
+@dataclass
+class PipelineConfig:
+    task: str
+    out: str = "runs/pipeline"
+    name: str = "edge-kto"
+    student: str = "smollm2-135m-instruct"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    generate: SamplingParams = field(default_factory=lambda: SamplingParams(n=4, temperature=0.8))
+    generate_eval: SamplingParams = field(default_factory=lambda: SamplingParams(n=2, temperature=0.8))
+    label: LabelSection = field(default_factory=LabelSection)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**SET_BY_PIPELINE["train"]))
+    finish: FinishConfig | None = None  # quantization-aware finishing; absent = off
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(**SET_BY_PIPELINE["export"]))
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+    limit: int | None = None  # first N prompts per split (quick runs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise MissingInput(f"{path}: no such pipeline file")
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return cls.from_dict(d, str(path), base=path.parent)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "pipeline", base: Path | None = None) -> "PipelineConfig":
+        """Every section typed and validated; a section given in part keeps the others' defaults."""
+        if not isinstance(d, dict):
+            raise InvalidInput(f"{where}: expected a mapping of pipeline sections")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidInput(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        if "task" not in d:
+            raise InvalidInput(f"{where}: task: required (a task folder: task.json, train.jsonl, eval.jsonl)")
+        d = dict(d)
+        if base is not None and not Path(str(d["task"])).exists() and (base / str(d["task"])).exists():
+            d["task"] = str(base / str(d["task"]))
+        defaults = cls(task="")
+        typed: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            value, default = d[f.name], getattr(defaults, f.name)
+            if f.name == "finish":
+                typed[f.name] = None if value is None else _section(FinishConfig, value, where, f.name, None)
+            elif hasattr(default, "__dataclass_fields__"):
+                typed[f.name] = _section(type(default), value, where, f.name, default)
+            else:
+                typed[f.name] = from_mapping(_Scalars, {f.name: value}, where).__dict__[f.name]
+        return cls(**typed)
+
+
+@dataclass
+class _Scalars:
+    """The top-level scalar keys, for their type checks."""
+
+    task: str = ""
+    out: str = ""
+    name: str = ""
+    student: str = ""
+    limit: int | None = None
+
+
+def _section(cls: type, value: Any, where: str, name: str, default: Any) -> Any:
+    """One section: the user's keys over the pipeline's defaults for it, fixed fields filled."""
+    if value is not None and not isinstance(value, dict):
+        raise InvalidInput(f"{where}: {name}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    fixed = SET_BY_PIPELINE.get(name, {})
+    base = to_mapping(default, drop=fixed) if default is not None else {}
+    section = from_mapping(cls, {**base, **(value or {})}, f"{where}: {name}", fixed=fixed)
+    if cls is ExportConfig:  # candidate names and options (GGUF types, ONNX variants) too, before any work
+        try:
+            copy.deepcopy(section).candidates()
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: {name}: {e}") from None
+    return section

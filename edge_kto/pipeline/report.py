@@ -1,0 +1,90 @@
+"""The final report: accuracy, latency and size per model, retention, the gate, and every export candidate.
+
+It reads the stages' results (each evaluate row says what it scored: ``kind`` and, for an
+artifact, its ``artifact`` path and ``quant``), not the display names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -> str:
+    """Every export candidate with its gate numbers (golden set), and the shipped ones' E2E p99."""
+    if not selection:
+        return ""
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"export candidates (select: {selection['mode']}; gate on the golden set):", "",
+             "| candidate | quant | MB | bits/w | KLD | top-1 | hard pairs | task acc (retention) | gate | E2E p99 | shipped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in selection["candidates"]:
+        lat = (bench.get("artifacts") or {}).get(c["path"])
+        e2e = f"{1e3 * lat['e2e_s']['p99']:.0f} ms" if lat else "-"
+        hard = f"{f(c.get('hard_pref_agree'), '.0%')} of {c['hard_pairs']}" if c.get("hard_pairs") else "-"
+        lines.append(f"| {c['path']} | {c['quant']} | {c['bytes'] / 1e6:.1f} | {f(c.get('bits_per_weight'), '.2f')} | "
+                     f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('top1_agree'), '.1%')} | {hard} | "
+                     f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
+                     f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
+    """The final table: accuracy, latency and size per model, retention, and the alignment gate."""
+    ev = runs["evaluate"].result["results"]
+    be = runs["bench"].result
+    exp = runs["export"].result
+    by_quant = {a["quant"]: a for a in exp["artifacts"]}
+
+    def lat(x: dict[str, Any] | None) -> tuple[str, str, str]:
+        if not x:
+            return "-", "-", "-"
+        t, e = x["ttft_s"], x["e2e_s"]
+        size = f"{x['bytes'] / 1e6:.0f} MB" if x.get("bytes") else "-"
+        return f"{1e3 * t['p50']:.0f} / {1e3 * t['p99']:.0f} ms", f"{1e3 * e['p99']:.0f} ms", size
+
+    weights = list((runs["train"].dir / "run" / "model").glob("*.safetensors"))
+    fp_size = f"{sum(w.stat().st_size for w in weights) / 1e6:.0f} MB (fp32)" if weights else "-"
+    lines = ["| | accuracy (eval) | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
+    rows = []
+    for r in ev:
+        kind, name, shown = r.get("kind"), r["name"], r["name"]
+        if kind == "teacher":
+            ttft, e2e, size = lat(be.get("teacher"))
+        elif kind == "artifact":
+            ttft, e2e, size = lat(be["artifacts"].get(r["artifact"]))
+            fmt = "GGUF" if r["backend"] == "llama.cpp" else "ONNX"
+            shown = f"student after, {fmt} {r['quant']}"  # "student after, Q4_K_M" -> "student after, GGUF Q4_K_M"
+        else:  # the fp32 transformers models (not benchmarked: not shipped)
+            ttft, e2e, size = "-", "-", fp_size
+        rows.append({"name": name, "kind": kind, "label": shown, "accuracy": r["accuracy"], "correct": r["correct"],
+                     "total": r["total"], "ttft": ttft, "e2e_p99": e2e, "size": size})
+        lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}) | {ttft} | {e2e} | {size} |")
+    acc = {r["kind"]: r["accuracy"] for r in ev if r.get("kind") != "artifact"}
+    teacher, fp = acc.get("teacher"), acc.get("student_fp")
+    ret = []
+    if teacher and fp is not None:
+        ret.append(f"student after KTO / teacher: {fp / teacher:.1%}")
+    for r in ev:
+        if r.get("kind") == "artifact" and r["quant"] in by_quant and fp:
+            ret.append(f"{r['quant']} / fp student: {r['accuracy'] / fp:.1%}")
+    align = exp.get("alignment") or {}
+
+    def pref(v: dict[str, Any]) -> str:
+        return f"{v['pref_agree']:.1%} of {v['pairs']} pairs" if v.get("pref_agree") is not None else "no pairs"
+
+    gate = ", ".join(f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
+                     f"pref {pref(v)})" for k, v in (align.get("per_artifact") or {}).items())
+    cand = _candidates_table(exp.get("selection"), be)
+    tr = runs["train"].result.get("final", {})
+    md = (f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student `{cfg.student}`, "
+          f"task `{Path(cfg.task).name}`\n\n" + "\n".join(lines) + "\n\n" + ("; ".join(ret) + "\n\n" if ret else "")
+          + f"alignment gate: {gate or 'not run'}\n\n" + cand + f"training: final loss {tr.get('loss', float('nan')):.4f}, "
+          f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
+          + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items()) + "\n")
+    return {"rows": rows, "retention": ret, "alignment": align, "train": runs["train"].result,
+            "stages": {n: {"dir": str(s.dir), "cached": s.skipped, "seconds": s.seconds} for n, s in runs.items()},
+            "markdown": md}

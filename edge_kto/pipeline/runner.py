@@ -1,0 +1,151 @@
+"""``edge-kto run pipeline.yaml``: generate -> label -> train -> finish -> export (+ check) -> evaluate -> bench -> report.
+
+Each stage writes into ``OUT/stages/<stage>-<key>/``, where ``key`` hashes the stage's config and
+the keys of the stages it reads (the task folder's files included). A finished stage leaves
+``done.json``; a rerun skips it. Change a setting and only the stages downstream of it run again;
+kill the run and the next one continues: generation from its append log, training from its last
+checkpoint, finished stages not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..jsonl import write_atomic, write_json_atomic
+from . import stages
+from .config import PipelineConfig
+from .report import report as make_report
+
+
+@dataclass
+class StageRun:
+    name: str
+    dir: Path
+    key: str
+    skipped: bool
+    seconds: float
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step: its typed inputs (everything it reads, hence its key), the stages it reads, its function."""
+
+    name: str
+    inputs: Any
+    deps: tuple[str, ...]
+    run: Callable[[Any, Path, dict[str, StageRun], bool], dict[str, Any]]
+
+
+def key_material(inputs: Any) -> dict[str, Any]:
+    """What a stage's key hashes: its inputs as data, a task folder by content (not by path)."""
+    d = asdict(inputs)
+    for v in d.values():
+        if isinstance(v, dict) and set(v) == {f.name for f in dataclasses.fields(stages.TaskRef)}:
+            v.pop("dir")
+    return d
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def task_fingerprint(task_dir: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(task_dir).glob("*")):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def stage_key(stage: Stage, dep_keys: dict[str, str]) -> str:
+    """The folder key: the stage's typed inputs and the keys of the stages it reads, nothing else."""
+    return _hash({"inputs": key_material(stage.inputs), "deps": [dep_keys[d] for d in stage.deps]})
+
+
+def plan_keys(cfg: PipelineConfig) -> dict[str, str]:
+    """Every stage's key without running anything (``edge-kto run --plan``: what is cached, what reruns)."""
+    keys: dict[str, str] = {}
+    for stage in plan(cfg):
+        keys[stage.name] = stage_key(stage, keys)
+    return keys
+
+
+class Runner:
+    """Runs stages with caching by key; remembers each stage's folder for the ones after it."""
+
+    def __init__(self, out: Path, progress: bool = True):
+        self.out = out
+        self.progress = progress
+        self.runs: dict[str, StageRun] = {}
+
+    def run(self, stage: Stage) -> StageRun:
+        name, key = stage.name, stage_key(stage, {n: r.key for n, r in self.runs.items()})
+        d = self.out / "stages" / f"{name}-{key}"
+        done = d / "done.json"
+        if done.is_file():
+            rec = json.loads(done.read_text())
+            run = StageRun(name, d, key, True, rec.get("seconds", 0.0), rec["result"])  # seconds: when it ran
+            print(f"[{name}] cached ({d})", flush=True)
+        else:
+            resumed = d.exists()
+            d.mkdir(parents=True, exist_ok=True)
+            print(f"[{name}] {'resuming' if resumed else 'running'} -> {d}", flush=True)
+            t = time.perf_counter()
+            result = stage.run(stage.inputs, d, {n: self.runs[n] for n in stage.deps}, self.progress)
+            run = StageRun(name, d, key, False, time.perf_counter() - t, result)
+            write_json_atomic(done, {"stage": name, "key": key, "seconds": run.seconds, "result": result})
+        self.runs[name] = run
+        return run
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The stages in order, each with exactly the settings it reads. This is the pipeline, top to bottom."""
+    task = stages.TaskRef(cfg.task, task_fingerprint(cfg.task), cfg.limit)
+    finished = cfg.finish is not None
+    label = cfg.label
+    out = [
+        Stage("generate", stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train"), (), stages.generate),
+        Stage("generate_eval", stages.GenerateInputs(task, cfg.teacher, cfg.generate_eval, "eval"), (), stages.generate),
+        Stage("label", stages.LabelInputs(cfg.student, label.student_samples, label.student_temperature,
+                                          cfg.generate.max_new_tokens), ("generate",), stages.label),
+        # The golden set's preference pairs: the teacher's eval answers plus the student's own, labelled
+        # by the verifier (a greedy teacher alone gives one answer per prompt, hence no pairs).
+        Stage("label_eval", stages.LabelInputs(cfg.student, label.eval_student_samples, label.student_temperature,
+                                               cfg.generate.max_new_tokens), ("generate_eval",), stages.label),
+        Stage("train", stages.TrainInputs(cfg.train, cfg.student), ("label",), stages.train),
+    ]
+    if finished:  # quantization-aware finishing: the export then ships its on-grid weights
+        out.append(Stage("finish", stages.FinishInputs(cfg.finish), ("train", "label"), stages.finish))
+    upstream = ("train", "finish") if finished else ("train",)
+    out += [
+        Stage("export", stages.ExportInputs(cfg.export, task, finished), (*upstream, "label_eval"), stages.export),
+        Stage("evaluate", stages.EvaluateInputs(cfg.evaluate, task, cfg.teacher, cfg.student, cfg.generate_eval, finished),
+              (*upstream, "export", "generate_eval"), stages.evaluate),
+        Stage("bench", stages.BenchInputs(cfg.bench, cfg.teacher, task), ("export",), stages.bench),
+    ]
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "pipeline.json", asdict(cfg))
+    r = Runner(out, progress)
+    for stage in plan(cfg):
+        r.run(stage)
+    report = make_report(cfg, r.runs)
+    write_json_atomic(out / "report.json", report)
+    write_atomic(out / "report.md", report["markdown"])
+    for name, png in (("curves.png", r.runs["train"].dir / "run" / "curves.png"), ("bench.png", r.runs["bench"].dir / "bench.png")):
+        if png.is_file():
+            shutil.copyfile(png, out / name)
+    return report

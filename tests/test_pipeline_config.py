@@ -1,0 +1,132 @@
+"""The pipeline file is typed and checked when it loads, and each stage's cache key is exactly the
+typed inputs it reads (issue 16): a typo in any section stops the run before any work, naming the
+file and the key; changing a setting reruns exactly the stages that read it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge_kto.pipeline import PipelineConfig, plan_keys
+from edge_kto.pipeline.runner import Runner, Stage
+from edge_kto_runtime.errors import InvalidInput
+
+TASK = Path(__file__).resolve().parent.parent / "edge_kto" / "tasks" / "capitals"
+
+
+def _load(tmp_path: Path, body: str) -> PipelineConfig:
+    p = tmp_path / "p.yaml"
+    p.write_text(f"task: {TASK}\n{body}\n")
+    return PipelineConfig.from_yaml(p)
+
+
+@pytest.mark.parametrize("body,where", [
+    ("generate: {temprature: 0.5}", "generate: unknown key(s) ['temprature'] (did you mean 'temperature'?)"),
+    ("generate_eval: {max_new_token: 8}", "generate_eval: unknown key(s) ['max_new_token']"),
+    ("teacher: {knd: gguf}", "teacher: unknown key(s) ['knd']"),
+    ("label: {student_sample: 1}", "label: unknown key(s) ['student_sample']"),
+    ("train: {learning_rate: 0.1}", "train: unknown key(s) ['learning_rate']"),
+    ("train: {lora: {rank: 4}}", "train: lora: unknown key(s) ['rank']"),
+    ("finish: {stpes: 3}", "finish: unknown key(s) ['stpes']"),
+    ("export: {ggfu: [Q4_0]}", "export: unknown key(s) ['ggfu']"),
+    ("evaluate: {teachr: false}", "evaluate: unknown key(s) ['teachr']"),
+    ("bench: {run: 5}", "bench: unknown key(s) ['run']"),
+    ("benhc: {runs: 5}", "unknown key(s) ['benhc']"),
+])
+def test_a_typo_in_each_section_is_refused_at_load_naming_file_and_key(tmp_path, body, where):
+    with pytest.raises(InvalidInput) as e:
+        _load(tmp_path, body)
+    assert str(e.value).startswith(f"{tmp_path / 'p.yaml'}: ") and where in str(e.value)
+
+
+@pytest.mark.parametrize("body,where", [
+    ("generate: {temperature: hot}", "generate: temperature: expected a number, got 'hot'"),
+    ("train: {batch_size: 8.5}", "train: batch_size: expected an integer"),
+    ("evaluate: {teacher: 'no'}", "evaluate: teacher: expected true/false"),
+    ("limit: ten", "limit: expected an integer or null"),
+    ("export: {gguf: [Q4_XX]}", "export: gguf candidate 'Q4_XX': unknown type"),
+    ("teacher: {kind: gguff}", "teacher: kind: one of hf, gguf, openai"),
+    ("finish: {steps: 0}", "finish: invalid finish config"),
+    ("train: {data: other.jsonl}", "train: data: set by the pipeline"),
+    ("export: 3", "export: expected a mapping of ExportConfig fields"),
+])
+def test_wrong_types_values_and_pipeline_owned_fields_are_refused_at_load(tmp_path, body, where):
+    with pytest.raises(InvalidInput, match=None) as e:
+        _load(tmp_path, body)
+    assert where in str(e.value), str(e.value)
+
+
+def test_edge_kto_run_reports_a_typo_with_exit_2_before_any_work(tmp_path, capsys):
+    from edge_kto.cli import main
+
+    p = tmp_path / "p.yaml"
+    p.write_text(f"task: {TASK}\nout: {tmp_path / 'out'}\ngenerate: {{temprature: 0}}\n")
+    assert main(["run", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge-kto: error: ") and "generate: unknown key(s) ['temprature']" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_partial_section_keeps_the_other_defaults(tmp_path):
+    cfg = _load(tmp_path, "generate_eval: {max_new_tokens: 8}\ntrain: {lora: {r: 4}}")
+    assert cfg.generate_eval.n == 2 and cfg.generate_eval.max_new_tokens == 8  # the pipeline's eval default n
+    assert cfg.train.lora.r == 4 and cfg.train.lora.alpha == 16 and cfg.train.lr == 1e-4
+
+
+def _changed(tmp_path: Path, base: str, change: str) -> set[str]:
+    a = plan_keys(_load(tmp_path, base))
+    b = plan_keys(_load(tmp_path, base + "\n" + change if base else change))
+    return {n for n in a if a[n] != b[n]}
+
+
+def test_label_eval_key_follows_generate_max_new_tokens(tmp_path):
+    """label_eval samples the student with generate.max_new_tokens: changing it must rerun label_eval
+    (it used to reuse a stale golden set), but not the eval split's teacher generation."""
+    changed = _changed(tmp_path, "", "generate: {max_new_tokens: 17}")
+    assert {"label_eval", "label", "generate"} <= changed and "generate_eval" not in changed
+
+
+@pytest.mark.parametrize("change,first,untouched", [
+    ("bench: {runs: 7}", "bench", {"generate", "label", "train", "export", "evaluate"}),
+    ("evaluate: {max_new_tokens: 9}", "evaluate", {"train", "export", "bench"}),
+    ("export: {golden_limit: 5}", "export", {"train", "label_eval"}),
+    ("label: {eval_student_samples: 3}", "label_eval", {"label", "train", "generate_eval"}),
+])
+def test_a_setting_reruns_the_stage_that_reads_it_and_those_after_only(tmp_path, change, first, untouched):
+    changed = _changed(tmp_path, "", change)
+    assert first in changed and not (changed & untouched), changed
+
+
+def test_the_task_folder_is_keyed_by_content_not_by_path(tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "capitals"
+    shutil.copytree(TASK, copy)
+    a = plan_keys(_load(tmp_path, ""))
+    p = tmp_path / "q.yaml"
+    p.write_text(f"task: {copy}\n")
+    assert plan_keys(PipelineConfig.from_yaml(p)) == a
+    (copy / "eval.jsonl").write_text((copy / "eval.jsonl").read_text() + "\n")
+    assert plan_keys(PipelineConfig.from_yaml(p))["generate"] != a["generate"]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    x: int
+
+
+def test_the_runner_reruns_a_stage_only_when_its_inputs_change(tmp_path):
+    calls: list[int] = []
+
+    def fn(inp: _Inputs, d: Path, deps: dict, progress: bool) -> dict:
+        calls.append(inp.x)
+        return {"x": inp.x}
+
+    for x in (1, 1, 2, 1):
+        Runner(tmp_path).run(Stage("s", _Inputs(x), (), fn))
+    assert calls == [1, 2]  # the second 1 and the last 1 were cached
+    done = sorted(json.loads(p.read_text())["result"]["x"] for p in tmp_path.glob("stages/s-*/done.json"))
+    assert done == [1, 2]

@@ -21,6 +21,7 @@ from edge_kto_runtime.verifiers import get_verifier
 
 from .jsonl import write_atomic, write_json_atomic
 from edge_kto_runtime.errors import InvalidInput
+from .run_folder import fp_model_dir
 
 
 @dataclass
@@ -47,11 +48,9 @@ def _reference_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path:
     ref = cfg.reference or (manifest.get("training") or {}).get("run") or manifest.get("base_model")
     if not ref:
         raise InvalidInput(f"{cfg.bundle}: no --reference given and the manifest names no training run")
-    p = Path(ref)
-    if (p / "model" / "config.json").is_file():
-        return p / "model"
-    if (p / "config.json").is_file():
-        return p
+    local = fp_model_dir(ref)
+    if local is not None:
+        return local
     from .models.loader import resolve_spec
 
     kind, loc = resolve_spec(ref)

@@ -12,7 +12,12 @@ from edge_kto_runtime.verifiers import BUILTIN as BUILTIN_VERIFIERS
 from edge_kto_runtime.errors import GateFailed, add_common_flags, run_cli
 
 from . import __version__
+from .cli_flags import add_config_flags, flag_fields, given_flags
+from .export import ExportConfig
+from .finish import FinishConfig
+from .label import LABELERS
 from .teacher.base import TEACHERS
+from .train import TrainConfig
 from edge_kto_runtime.errors import InvalidInput
 from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
@@ -86,36 +91,37 @@ def cmd_data_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
-    "data": (str, "KTO JSONL (unpaired, ms-swift or paired rows)"),
-    "model": (str, "student: known name, HF folder, .gguf or hub id"),
-    "out": (str, "run folder"),
-    "beta": (float, "KTO beta"),
-    "desirable_weight": (float, "lambda_D"),
-    "undesirable_weight": (float, "lambda_U"),
-    "loss_type": (str, "kto | apo_zero_unpaired"),
-    "batch_size": (int, "global micro-batch (all processes)"),
-    "grad_accum": (int, "micro-batches per optimizer step"),
-    "epochs": (float, "passes over the data"),
-    "max_steps": (int, "optimizer steps (overrides --epochs)"),
-    "lr": (float, "peak learning rate"),
-    "warmup_ratio": (float, "fraction of steps warming up"),
-    "schedule": (str, "cosine | linear | constant"),
-    "max_grad_norm": (float, "gradient clipping (0: off)"),
-    "max_length": (int, "prompt + completion tokens"),
-    "max_prompt_length": (int, "prompt tokens"),
-    "precision": (str, "auto | fp32 | bf16"),
-    "save_steps": (int, "checkpoint every N steps"),
-    "sft_steps": (int, "SFT warm start steps on desirable rows before KTO (0: none)"),
-    "seed": (int, "seed for the batch plan and init"),
-    "cache_dir": (str, "reference log-prob cache folder"),
+_TRAIN_HELP = {  # TrainConfig field -> flag help (every scalar field gets a flag: cli_flags)
+    "data": "KTO JSONL (unpaired, ms-swift or paired rows)",
+    "model": "student: known name, HF folder, .gguf or hub id",
+    "out": "run folder",
+    "beta": "KTO beta",
+    "desirable_weight": "lambda_D",
+    "undesirable_weight": "lambda_U",
+    "loss_type": "kto | apo_zero_unpaired",
+    "batch_size": "global micro-batch (all processes)",
+    "grad_accum": "micro-batches per optimizer step",
+    "epochs": "passes over the data",
+    "max_steps": "optimizer steps (overrides --epochs)",
+    "lr": "peak learning rate",
+    "warmup_ratio": "fraction of steps warming up",
+    "schedule": "cosine | linear | constant",
+    "max_grad_norm": "gradient clipping (0: off)",
+    "max_length": "prompt + completion tokens",
+    "max_prompt_length": "prompt tokens",
+    "precision": "auto | fp32 | bf16",
+    "save_steps": "checkpoint every N steps",
+    "sft_steps": "SFT warm start steps on desirable rows before KTO (0: none)",
+    "seed": "seed for the batch plan and init",
+    "cache_dir": "reference log-prob cache folder",
+    "precompute_ref": "reference log-probs computed once before training (--no-precompute-ref: every step)",
 }
 
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, run_train
 
-    over = {k: getattr(a, k) for k in _TRAIN_FLAGS if getattr(a, k) is not None}
+    over = given_flags(a, flag_fields(TrainConfig))
     cfg = TrainConfig.from_yaml(a.config, over) if a.config else TrainConfig.from_dict(over)
     if a.lora_r is not None:
         cfg.lora.r = a.lora_r
@@ -123,10 +129,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg.lora.alpha = a.lora_alpha
     if a.lora_targets:
         cfg.lora.targets = a.lora_targets if a.lora_targets == "all-linear" else a.lora_targets.split(",")
-    if a.gradient_checkpointing:
-        cfg.gradient_checkpointing = True
-    if a.no_precompute_ref:
-        cfg.precompute_ref = False
     res = run_train(cfg, resume=a.resume, force=a.force, progress=not a.quiet)
     if not res.main_process:
         return 0
@@ -161,8 +163,9 @@ def cmd_export(a: argparse.Namespace) -> int:
                   golden_data=a.golden_data, golden_limit=a.golden_limit, golden_verifier=a.verifier, check=not a.no_check,
                   thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
                   select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
-    if a.config:  # ExportConfig fields from YAML (an `export:` key optional); they override the flags
+    if a.config:  # ExportConfig fields from YAML (an `export:` key optional); they override the flags above
         fields.update(_export_yaml(a.config))
+    fields.update(given_flags(a, _EXPORT_GENERATED))  # generated flags (default None): given ones win
     cfg = ExportConfig(source=a.source, out=a.out, **fields)
     res = run_export(cfg, progress=not a.quiet)
     if res.bundle.resolve() != Path(a.out).resolve():
@@ -182,6 +185,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     if res.alignment is not None:
         return _print_alignment(res.alignment)
     return 0
+
+
+#: ExportConfig fields whose flags cli_flags generated (the rest have hand-written flags: --gguf, --no-onnx,
+#: --verifier for golden_verifier, --no-check for check, --onnx-int4-head for onnx_int8_head).
+_EXPORT_GENERATED: list[str] = []
 
 
 def _export_yaml(path: str) -> dict:
@@ -221,15 +229,18 @@ def _gguf_options(a: argparse.Namespace) -> dict:
     return opts
 
 
-FINISH_FLAGS = {"steps": int, "batch_size": int, "lr": float, "kl_weight": float, "ce_weight": float, "max_length": int,
-                "save_steps": int, "seed": int, "threads": int, "activations": str, "on_policy_max_new_tokens": int}
+_FINISH_HELP = {
+    "mixed": "the sensitive q/k/v/down projections ship at 8-bit (export picks them up): train them unquantized",
+    "on_policy": "also match the fp student on its own greedy answers to the training prompts",
+    "format": "the shipped grid (q4_0: GGUF Q4_0 == ONNX int4 block 32 symmetric)",
+}
 
 
 def cmd_finish(a: argparse.Namespace) -> int:
     from .finish import FinishConfig, run_finish
 
-    given = {k: getattr(a, k) for k in (*FINISH_FLAGS, "on_policy", "mixed") if getattr(a, k) is not None}  # defaults: FinishConfig
-    cfg = FinishConfig(source=a.source, data=a.data, out=a.out, **given)
+    given = given_flags(a, flag_fields(FinishConfig))  # unset flags: FinishConfig's defaults
+    cfg = FinishConfig(**{**given, "source": a.source, "data": a.data, "out": a.out})
     res = run_finish(cfg, progress=not a.quiet)
     f = res.final
     print(f"{res.model_dir}: finished on the {cfg.format} grid in {res.steps} steps ({res.seconds:.1f} s)"
@@ -325,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("label", help="label candidates -> kto.jsonl + summary")
     lab.add_argument("candidates")
     lab.add_argument("--out", default="kto.jsonl")
-    lab.add_argument("--labeler", choices=["verifier", "judge", "human"], default="verifier")
+    lab.add_argument("--labeler", choices=list(LABELERS), default="verifier")
     lab.add_argument("--verifier", help=" | ".join([*BUILTIN_VERIFIERS, "module:function"]))
     lab.add_argument("--human-labels", help="JSONL or CSV with id,label")
     _teacher_args(lab, "judge_")
@@ -338,13 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="KTO + LoRA on the student -> run folder (adapter, merged model, metrics)")
     t.add_argument("--config", help="YAML with TrainConfig fields (flags override it)")
-    for k, (typ, hlp) in _TRAIN_FLAGS.items():
-        t.add_argument("--" + k.replace("_", "-"), dest=k, type=typ, help=hlp)
+    add_config_flags(t, TrainConfig, helps=_TRAIN_HELP)
     t.add_argument("--lora-r", type=int)
     t.add_argument("--lora-alpha", type=int)
     t.add_argument("--lora-targets", help="all-linear, or comma-separated module names (q_proj,v_proj)")
-    t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--no-precompute-ref", action="store_true", help="run the reference forward every step instead")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     t.add_argument("--force", action="store_true", help="delete an existing run folder and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -382,18 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--zip", action="store_true", help="also write BUNDLE.zip")
     e.add_argument("--prepare", action="store_true", help="fetch llama.cpp's converter for the installed version (once, needs PyPI)")
     e.add_argument("--quiet", action="store_true")
+    _EXPORT_GENERATED[:] = add_config_flags(e, ExportConfig, skip=("golden_verifier", "check", "onnx_int8_head"))
     e.set_defaults(func=cmd_export)
 
     fi = sub.add_parser("finish", help="quantization-aware finishing: train the student through the shipped 4-bit grid")
     fi.add_argument("source", help="training run folder (its merged model) or an HF model folder")
     fi.add_argument("--data", required=True, help="KTO rows of the training split (never the eval split)")
     fi.add_argument("--out", required=True, help="finish folder (model/, metrics.jsonl, finish_report.json)")
-    for name, typ in FINISH_FLAGS.items():
-        fi.add_argument("--" + name.replace("_", "-"), type=typ, help=f"FinishConfig.{name}")
-    fi.add_argument("--mixed", action="store_true", default=None,
-                    help="the sensitive q/k/v/down projections ship at 8-bit (export picks them up): train them unquantized")
-    fi.add_argument("--on-policy", action="store_true", default=None,
-                    help="also match the fp student on its own greedy answers to the training prompts")
+    add_config_flags(fi, FinishConfig, helps=_FINISH_HELP)
     fi.add_argument("--quiet", action="store_true")
     fi.set_defaults(func=cmd_finish)
 

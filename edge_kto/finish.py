@@ -33,9 +33,10 @@ import torch.nn.functional as F
 
 from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from .resume import check_same_job, job_record
+from .run_folder import FINISH, RunFolder, require_fp_model_dir
 from .quant.fake import (ACTIVATIONS, FORMATS, mixed_8bit_layers, mixed_8bit_names, on_grid, quantizable_linears,
                          unwrap_linears, wrap_linears)
-from edge_kto_runtime.errors import InvalidInput, MissingInput
+from edge_kto_runtime.errors import InvalidInput
 from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,7 @@ class FinishResult:
 
 def source_model_dir(source: str | Path) -> Path:
     """The fp model a finish starts from: a run folder's merged model, or an HF folder."""
-    p = Path(source)
-    if (p / "model" / "config.json").is_file():
-        return p / "model"
-    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
-        return p
-    raise MissingInput(f"{source}: not a training run folder with a merged model/ nor an HF model folder")
+    return require_fp_model_dir(source)
 
 
 def _rows(cfg: FinishConfig, tok: Any) -> list[tuple[list[int], list[int], bool]]:
@@ -203,14 +199,14 @@ def _step_loss(cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[
 
 
 def _latest_checkpoint(out: Path) -> tuple[int, Path] | None:
-    found = [(int(p.name[5:]), p) for p in (out / "checkpoints").glob("step-*")
+    found = [(int(p.name[5:]), p) for p in RunFolder(out, FINISH).checkpoints.glob("step-*")
              if p.name[5:].isdigit() and (p / "state.pt").is_file()]
     return max(found) if found else None
 
 
 def _save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter], opt: Any, sched: Any) -> None:
     """Trainable weights + optimizer + schedule, written to a temp folder and renamed (kill-safe)."""
-    ck = out / "checkpoints"
+    ck = RunFolder(out, FINISH).checkpoints
     tmp = ck / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -229,9 +225,10 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     cfg.validate()
     t0 = time.time()
     out = Path(cfg.out)
-    if (out / "finish_report.json").is_file():
-        rep = json.loads((out / "finish_report.json").read_text())
-        return FinishResult(out, out / "model", rep["steps"], rep.get("resumed_from"), rep.get("final", {}), 0.0)
+    folder = RunFolder(out, FINISH)
+    if folder.finished():
+        rep = folder.report()
+        return FinishResult(out, folder.model, rep["steps"], rep.get("resumed_from"), rep.get("final", {}), 0.0)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     src = source_model_dir(cfg.source)
@@ -273,10 +270,10 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = resumed = state["step"]
-    metrics = AppendLog(out / "metrics.jsonl")
+    metrics = AppendLog(folder.metrics)
     history = [r for r in metrics.recover() if r.get("step", 0) <= start]
-    write_jsonl_atomic(out / "metrics.jsonl", history)
-    write_json_atomic(out / "config.json", {**asdict(cfg), "linears": len(wrapped), "rows": len(rows),
+    write_jsonl_atomic(folder.metrics, history)
+    write_json_atomic(folder.config_path, {**asdict(cfg), "linears": len(wrapped), "rows": len(rows),
                                             "source_model": str(src)})
 
     # 3. The loop.
@@ -302,7 +299,7 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
 
     # 4. Outputs: weights snapped onto the grid, saved fp32 (so the exporters see them unchanged).
     unwrap_linears(student)
-    model_dir = out / "model"
+    model_dir = folder.model
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     student.save_pretrained(str(tmp))
@@ -313,8 +310,8 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     report = {"format": cfg.format, "steps": cfg.steps, "resumed_from": resumed, "final": final,
               "linears": len(wrapped), "rows": len(rows), "seconds": time.time() - t0, "source_model": str(src),
               "mixed_8bit": {"layers": mixed_8bit_layers(student.config.num_hidden_layers), "modules": keep} if keep else None}
-    write_json_atomic(out / "finish_report.json", report)  # written last: marks the finish complete
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_json_atomic(folder.report_path, report)  # written last: marks the finish complete
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)
     return FinishResult(out, model_dir, cfg.steps, resumed, final, report["seconds"])
 
 

@@ -254,3 +254,24 @@ def test_golden_rows_equal_unbatched_fp_computation(tiny_bundle, tiny_model_dir)
             for c in row["completions"]:
                 lp = torch.log_softmax(model(torch.tensor([p + c["ids"]])).logits[0, len(p) - 1:-1], -1)
                 assert c["logp"] == pytest.approx(float(lp.gather(1, torch.tensor(c["ids"])[:, None]).sum()), abs=1e-3)
+
+
+def test_an_onnx_precision_is_a_candidate_option_int8_builds_and_tracks_fp32(tiny_model_dir, tmp_path):
+    """Adding an ONNX variant touches no code: `precision: int8` is one more candidate option."""
+    import numpy as np
+
+    from edge_kto_runtime import load
+
+    res = run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "b"), gguf=[],
+                                  onnx=[{"precision": "int8"}, {"precision": "fp32"}], check=False), progress=False)
+    assert {a["path"]: a["quant"] for a in res.manifest["artifacts"]} == {"onnx-int8/": "int8", "onnx-fp32/": "fp32"}
+    rows = {}
+    for art in ("onnx-int8/", "onnx-fp32/"):
+        with load(tmp_path / "b", artifact=art) as m:
+            ids = m.tokenize("the hub light blinks blue when the battery is low")
+            rows[art] = m.logprobs(ids, list(range(len(ids))))
+    a, b = rows["onnx-int8/"], rows["onnx-fp32/"]
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99 and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.8
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "c"), gguf=[], onnx={"precision": "int2"}),
+                   progress=False)

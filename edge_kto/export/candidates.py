@@ -18,6 +18,9 @@ from edge_kto_runtime.errors import InvalidInput
 
 SELECT_MODES = ("all", "smallest-passing")
 ONNX_ALGOS = ("default", "rtn", "k_quant")
+#: The onnxruntime-genai builder's ``-p`` values that run on the CPU provider. A new one the builder
+#: gains is one entry here; the candidate options below that say "int4" apply to int4 only.
+ONNX_PRECISIONS = ("int4", "int8", "fp32")
 
 
 class CandidateError(InvalidInput):
@@ -81,8 +84,9 @@ class GgufCandidate:
 
 @dataclass
 class OnnxCandidate:
-    """One onnxruntime-genai builder run (int4 MatMulNBits)."""
+    """One onnxruntime-genai builder run (int4: MatMulNBits with the options below)."""
 
+    precision: str = "int4"  # int4 | int8 | fp32 (the builder's -p)
     int8_head: bool = True  # LM head at int8 (last_matmul:int8); the int4 head costs sub-1B models most
     accuracy_level: int = 4  # 4: int8 activations (fast, CPU default); 1: fp32 activations (exact to torch)
     algo_config: str = "default"  # default (symmetric RTN == GGUF Q4_0 grid), rtn, k_quant
@@ -94,6 +98,8 @@ class OnnxCandidate:
     def path(self) -> str:
         if self.name:
             return f"{self.name}/"
+        if self.precision != "int4":
+            return f"onnx-{self.precision}/"
         tag = "onnx-int4"
         if self.block_size != 32:
             tag += f"-b{self.block_size}"
@@ -109,6 +115,8 @@ class OnnxCandidate:
 
     @property
     def quant(self) -> str:
+        if self.precision != "int4":
+            return self.precision
         q = f"int4-b{self.block_size}" + ("-int8head" if self.int8_head else "")
         if self.algo_config != "default":
             q += f"-{self.algo_config}"
@@ -117,6 +125,8 @@ class OnnxCandidate:
         return q + (f"-acc{self.accuracy_level}" if self.accuracy_level != 4 else "")
 
     def validate(self) -> None:
+        if self.precision not in ONNX_PRECISIONS:
+            raise CandidateError(f"onnx candidate: precision must be one of {ONNX_PRECISIONS}, got {self.precision!r}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise CandidateError(f"onnx candidate: accuracy_level must be 0-4, got {self.accuracy_level!r}")
         if self.algo_config not in ONNX_ALGOS:

@@ -24,6 +24,7 @@ import torch
 
 from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
 from ..jsonl import iter_jsonl
+from edge_kto_runtime.completion import split_completion
 from edge_kto_runtime.defaults import GOLDEN_MAX_NEW_TOKENS
 
 
@@ -62,9 +63,7 @@ def _completion_ids(tok: Any, messages: list[dict], prompt_ids: list[int], text:
     """The assistant turn's tokens exactly as training saw them (full rendering minus the prompt)."""
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=True)
     full = list(full["input_ids"] if hasattr(full, "keys") else full)
-    if full[:len(prompt_ids)] == prompt_ids:
-        return full[len(prompt_ids):]
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return split_completion(prompt_ids, full, tok.eos_token_id)[1]  # the training rule (edge_kto_runtime.completion)
 
 
 @torch.no_grad()

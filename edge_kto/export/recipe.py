@@ -36,6 +36,7 @@ from edge_kto_runtime.verifiers import get_verifier
 from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from ..quant.fake import mixed_8bit_gguf_pattern
+from ..run_folder import FINISH, RunFolder
 from .candidates import SELECT_MODES, CandidateError, GgufCandidate, OnnxCandidate, describe, parse_gguf, parse_onnx
 from .golden import build_golden, read_golden_prompts, with_hard_pairs
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tensor_shapes, quantize_gguf
@@ -114,10 +115,10 @@ class ExportResult:
     alignment: Any = None  # CheckResult when the gate ran
 
 
-def _run_training(run: Path) -> dict[str, Any]:
-    tcfg = json.loads((run / "config.json").read_text())
-    report = json.loads((run / "train_report.json").read_text()) if (run / "train_report.json").exists() else {}
-    return {"method": tcfg.get("loss_type", "kto"), "run": str(run.resolve()), "base_model": tcfg.get("model"),
+def _run_training(path: Path) -> dict[str, Any]:
+    run = RunFolder(path)
+    tcfg, report = run.config(), run.report()
+    return {"method": tcfg.get("loss_type", "kto"), "run": str(path.resolve()), "base_model": tcfg.get("model"),
             "data": tcfg.get("data"), "beta": tcfg.get("beta"), "steps": tcfg.get("steps"),
             "lora": tcfg.get("lora"), "final": report.get("final", {})}
 
@@ -125,22 +126,21 @@ def _run_training(run: Path) -> dict[str, Any]:
 def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
     """Where the artifacts come from, and which fp model they are checked against."""
     src = Path(cfg.source)
-    if (src / "finish_report.json").is_file() and (src / "model" / "config.json").is_file():  # a finished student
-        rep = json.loads((src / "finish_report.json").read_text())
-        fcfg = json.loads((src / "config.json").read_text())
+    folder = RunFolder.open(src)
+    if folder.kind == FINISH and folder.has_model():  # a finished student
+        rep, fcfg = folder.report(), folder.config()
         ref = Path(rep["source_model"])
         run = ref.parent
-        training = _run_training(run) if (run / "adapter").is_dir() else {"method": "none", "base_model": str(ref)}
+        training = _run_training(run) if RunFolder(run).adapter.is_dir() else {"method": "none", "base_model": str(ref)}
         training["finish"] = {"dir": str(src.resolve()), "format": rep["format"], "steps": rep["steps"],
                               "final": rep.get("final", {}), "data": fcfg.get("data")}
         mixed = (rep.get("mixed_8bit") or {}).get("layers")
         training["finish"]["mixed_8bit_layers"] = mixed
-        return Source(src / "model", ref, training, fcfg.get("data") or training.get("data"), rep["format"], mixed)
-    if (src / "config.json").is_file() and (src / "adapter").is_dir():  # a training run
+        return Source(folder.model, ref, training, fcfg.get("data") or training.get("data"), rep["format"], mixed)
+    if folder.is_training_run():
         training = _run_training(src)
-        tcfg = json.loads((src / "config.json").read_text())
-        hf = src / "model" if (src / "model" / "config.json").is_file() else _merge_adapter(tcfg["model"], src / "adapter",
-                                                                                           work / "merged")
+        tcfg = folder.config()
+        hf = folder.model if folder.has_model() else _merge_adapter(tcfg["model"], folder.adapter, work / "merged")
         return Source(hf, hf, training, tcfg.get("data"))
     from ..models.loader import resolve_spec
 
@@ -174,7 +174,7 @@ def _tokenizer_section(tok: Any, model_dir: Path) -> dict[str, Any]:
     eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
     eos = [tok.convert_ids_to_tokens(int(i)) for i in eos_ids if i is not None]
     return {"chat_template": tok.chat_template or "", "bos": tok.bos_token, "bos_id": tok.bos_token_id,
-            "eos": eos, "eos_ids": [int(i) for i in eos_ids if i is not None], "stop": eos,
+            "eos": eos, "eos_ids": [int(i) for i in eos_ids if i is not None], "stop": eos, "eos_id": tok.eos_token_id,
             "add_bos": bool(getattr(tok, "add_bos_token", False))}
 
 
@@ -352,14 +352,14 @@ def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[
     # mostly single-threaded); the golden set (multi-threaded torch) waits for the builders.
     conv = None
     pending = list(onnx_cands)
-    build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), "int4", **_onnx_args(pending[0])) if pending else None
+    build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), **_onnx_args(pending[0])) if pending else None
     try:
         if gguf_cands:
             conv = _build_gguf(hf_dir, gguf_cands, tmp, work, cfg, source, imatrix, timings, artifacts)
         while build is not None:
             c = pending.pop(0)
             artifacts.append(_onnx_entry(c, tmp, build.wait(), timings))
-            build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), "int4", **_onnx_args(pending[0])) if pending else None
+            build = OnnxBuild(hf_dir, tmp / pending[0].path.rstrip("/"), **_onnx_args(pending[0])) if pending else None
     finally:
         if build is not None:
             build.close()
@@ -393,5 +393,5 @@ def _mixed_gguf(c: GgufCandidate, layers: list[int]) -> GgufCandidate:
 
 
 def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:
-    return {"int8_head": c.int8_head, "block_size": c.block_size, "accuracy_level": c.accuracy_level,
+    return {"precision": c.precision, "int8_head": c.int8_head, "block_size": c.block_size, "accuracy_level": c.accuracy_level,
             "algo_config": c.algo_config, "int8_layers": c.int8_layers}

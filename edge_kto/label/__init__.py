@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -23,7 +23,7 @@ from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
 from .verifiers import BUILTIN, get_verifier
 from edge_kto_runtime.errors import InvalidInput
 
-__all__ = ["LabelConfig", "LabelResult", "OnPolicyConfig", "run_label", "get_verifier", "parse_verdict", "BUILTIN"]
+__all__ = ["LABELERS", "LabelConfig", "LabelResult", "OnPolicyConfig", "run_label", "get_verifier", "parse_verdict", "BUILTIN"]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class OnPolicyConfig:
 class LabelConfig:
     candidates: str
     out: str = "kto.jsonl"
-    labeler: str = "verifier"  # verifier | judge | human
+    labeler: str = "verifier"  # a key of LABELERS: verifier | judge | human
     verifier: str | None = None  # default: each row's "verifier" field (set from task.json)
     judge: TeacherConfig | None = None
     rubric: str = DEFAULT_RUBRIC
@@ -96,31 +96,51 @@ def _student_samples(cfg: OnPolicyConfig, rows: list[dict], progress: bool, stud
     return out
 
 
+def _verifier_labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -> list[bool | None]:
+    """A rule per row: ``cfg.verifier``, else the row's own ``verifier`` (set from task.json)."""
+    cache: dict[str, Any] = {}
+    labels: list[bool | None] = []
+    for r in rows:
+        name = cfg.verifier or r.get("verifier")
+        if not name:
+            raise DataError([DataIssue(cfg.candidates, r.get("_line", 0), "verifier",
+                                       "no verifier configured and the row names none (pass --verifier)")])
+        fn = cache.setdefault(name, get_verifier(name))
+        labels.append(bool(fn(r["completion"], r.get("reference"))))
+    return labels
+
+
+def _judge_labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -> list[bool | None]:
+    """An LLM judge over any teacher backend (None where its verdict does not parse)."""
+    if judge_teacher is not None:
+        return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
+    if cfg.judge is None:
+        raise InvalidInput("labeler 'judge' needs a judge teacher config")
+    with make_teacher(cfg.judge) as own:
+        return LLMJudge(own, cfg.rubric).judge(rows)
+
+
+def _human_labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -> list[bool | None]:
+    """Labels recorded by people, joined by row id (None for rows nobody rated)."""
+    if not cfg.human_labels:
+        raise InvalidInput("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")
+    human = read_human_labels(cfg.human_labels)
+    return [human.get(str(r["id"])) for r in rows]
+
+
+#: Labelers by ``LabelConfig.labeler``: ``f(cfg, rows, judge_teacher) -> [True | False | None per row]``.
+#: A new labeler: one function (here or in its own module) plus one line.
+LABELERS: dict[str, Callable[[LabelConfig, list[dict], Teacher | None], list[bool | None]]] = {
+    "verifier": _verifier_labels,
+    "judge": _judge_labels,
+    "human": _human_labels,
+}
+
+
 def _labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher | None) -> list[bool | None]:
-    if cfg.labeler == "verifier":
-        cache: dict[str, Any] = {}
-        labels: list[bool | None] = []
-        for r in rows:
-            name = cfg.verifier or r.get("verifier")
-            if not name:
-                raise DataError([DataIssue(cfg.candidates, r.get("_line", 0), "verifier",
-                                           "no verifier configured and the row names none (pass --verifier)")])
-            fn = cache.setdefault(name, get_verifier(name))
-            labels.append(bool(fn(r["completion"], r.get("reference"))))
-        return labels
-    if cfg.labeler == "judge":
-        if judge_teacher is not None:
-            return LLMJudge(judge_teacher, cfg.rubric).judge(rows)
-        if cfg.judge is None:
-            raise InvalidInput("labeler 'judge' needs a judge teacher config")
-        with make_teacher(cfg.judge) as own:
-            return LLMJudge(own, cfg.rubric).judge(rows)
-    if cfg.labeler == "human":
-        if not cfg.human_labels:
-            raise InvalidInput("labeler 'human' needs human_labels (a JSONL or CSV file of id,label)")
-        human = read_human_labels(cfg.human_labels)
-        return [human.get(str(r["id"])) for r in rows]
-    raise InvalidInput(f"labeler must be 'verifier', 'judge' or 'human', got {cfg.labeler!r}")
+    if cfg.labeler not in LABELERS:
+        raise InvalidInput(f"labeler must be one of {', '.join(LABELERS)}, got {cfg.labeler!r}")
+    return LABELERS[cfg.labeler](cfg, rows, judge_teacher)
 
 
 def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: Teacher | None = None) -> LabelResult:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .registry import KNOWN_MODELS, ModelSource
 from edge_kto_runtime.errors import ToolError
+from edge_kto_runtime.bundle import sha256_file  # one streamed sha256 (the bundle's)
 
 
 class FetchError(ToolError):
@@ -36,6 +37,8 @@ class FetchedModel:
 
 
 def cache_root() -> Path:
+    """The one cache root: ``$EDGE_KTO_CACHE``, else ``~/.cache/edge-kto``; holds ``models/`` (fetched
+    models), ``ref/`` (reference log-probs) and ``llama.cpp-convert/`` (the GGUF converter)."""
     return Path(os.environ.get("EDGE_KTO_CACHE", Path.home() / ".cache" / "edge-kto"))
 
 
@@ -84,18 +87,10 @@ def _verified(path: Path, src: ModelSource) -> bool:
     stamp = f"{src.sha256} {path.stat().st_size} {path.stat().st_mtime_ns}"
     if marker.exists() and marker.read_text().strip() == stamp:
         return True
-    if _sha256(path) != src.sha256:
+    if sha256_file(path) != src.sha256:
         return False
     marker.write_text(stamp + "\n")
     return True
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _assemble(src: ModelSource, dest: Path, progress: bool) -> None:

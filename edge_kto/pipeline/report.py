@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import RunFolder
+
 
 def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -> str:
     """Every export candidate with its gate numbers (golden set), and the shipped ones' E2E p99."""
@@ -46,7 +48,7 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         size = f"{x['bytes'] / 1e6:.0f} MB" if x.get("bytes") else "-"
         return f"{1e3 * t['p50']:.0f} / {1e3 * t['p99']:.0f} ms", f"{1e3 * e['p99']:.0f} ms", size
 
-    weights = list((runs["train"].dir / "run" / "model").glob("*.safetensors"))
+    weights = list(RunFolder(runs["train"].dir / "run").model.glob("*.safetensors"))
     fp_size = f"{sum(w.stat().st_size for w in weights) / 1e6:.0f} MB (fp32)" if weights else "-"
     lines = ["| | accuracy (eval) | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
     rows = []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..jsonl import write_atomic, write_json_atomic
+from ..run_folder import RunFolder
 from . import stages
 from .config import PipelineConfig
 from .report import report as make_report
@@ -145,7 +146,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     report = make_report(cfg, r.runs)
     write_json_atomic(out / "report.json", report)
     write_atomic(out / "report.md", report["markdown"])
-    for name, png in (("curves.png", r.runs["train"].dir / "run" / "curves.png"), ("bench.png", r.runs["bench"].dir / "bench.png")):
+    for name, png in (("curves.png", RunFolder(r.runs["train"].dir / "run").curves), ("bench.png", r.runs["bench"].dir / "bench.png")):
         if png.is_file():
             shutil.copyfile(png, out / name)
     return report

@@ -17,6 +17,7 @@ from ..data import read_task
 from ..export import ExportConfig
 from ..finish import FinishConfig
 from ..jsonl import write_atomic, write_jsonl_atomic
+from ..run_folder import FINISH, RunFolder
 from ..teacher.base import SamplingParams, TeacherConfig
 from ..train import TrainConfig
 from .config import BenchSection, EvaluateSection
@@ -84,11 +85,11 @@ class TrainInputs:
 def train(inp: TrainInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
     from ..train import run_train
 
-    run = d / "run"
-    if (run / "train_report.json").is_file():  # finished before the kill that lost done.json
-        return json.loads((run / "train_report.json").read_text())
-    tc = replace(inp.train, data=str(deps["label"].dir / "kto.jsonl"), model=inp.student, out=str(run))
-    has_ckpt = any((run / "checkpoints").glob("step-*")) if run.exists() else False
+    run = RunFolder(d / "run")
+    if run.finished():  # finished before the kill that lost done.json
+        return run.report()
+    tc = replace(inp.train, data=str(deps["label"].dir / "kto.jsonl"), model=inp.student, out=str(run.root))
+    has_ckpt = run.has_checkpoint()
     res = run_train(tc, resume=has_ckpt, force=not has_ckpt, progress=progress)
     return res.report
 
@@ -176,11 +177,11 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
     if e.student_before:
         results.append((eval_teacher("student before", TeacherConfig(kind="hf", model=inp.student), task, False, mx),
                         {"kind": "student_before"}))
-    fp_dir = deps["train"].dir / "run" / "model"
+    fp_dir = RunFolder(deps["train"].dir / "run").model
     results.append((eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
                     {"kind": "student_fp"}))
     if inp.finished and e.finished:  # the finished weights in torch: what 4-bit should reproduce
-        fin = TeacherConfig(kind="hf", model=str(deps["finish"].dir / "finish" / "model"))
+        fin = TeacherConfig(kind="hf", model=str(RunFolder(deps["finish"].dir / "finish", FINISH).model))
         results.append((eval_teacher("student finished (fp32, on the 4-bit grid)", fin, task, False, mx),
                         {"kind": "student_finished"}))
     bundle = deps["export"].dir / "bundle"
@@ -204,9 +205,8 @@ def _teacher_latency(inp: BenchInputs) -> dict[str, Any] | None:
         return None
     import time
 
-    from edge_kto_runtime.backends.llamacpp import LlamaCppBackend
     from edge_kto_runtime.chat import render_chat
-    from edge_kto_runtime.defaults import default_threads
+    from edge_kto_runtime.llama_engine import LlamaEngine
     from edge_kto_runtime.stats import summarize
 
     from ..generate import teacher_messages
@@ -214,21 +214,23 @@ def _teacher_latency(inp: BenchInputs) -> dict[str, Any] | None:
 
     task, b = inp.task.load(), inp.bench
     path = gguf_path(inp.teacher.model)
-    be = LlamaCppBackend(path, n_ctx=inp.teacher.n_ctx, n_threads=inp.teacher.n_threads or default_threads())
-    template = be.llm.metadata.get("tokenizer.chat_template", "")
+    eng = LlamaEngine(path, n_ctx=inp.teacher.n_ctx, n_threads=inp.teacher.n_threads)  # as the teacher loads it
+    bos, eos = eng.special_text()
     ttft, e2e = [], []
     try:
         for i in range(1 + b.teacher_runs):  # one warm-up
             it = task.eval[i % len(task.eval)]
-            ids = be.tokenize(render_chat(template, teacher_messages(it.prompt, task.system, task.teacher_context), True))
-            be.reset()
+            text = render_chat(eng.chat_template or "", teacher_messages(it.prompt, task.system, task.teacher_context),
+                               True, bos_token=bos, eos_token=eos)
+            ids = eng.prompt_ids(text)  # the teacher's own BOS rule
+            eng.reset()
             t0 = time.perf_counter()
-            times = [time.perf_counter() - t0 for _ in be.generate_ids(ids, b.n_gen, 0.0)]
+            times = [time.perf_counter() - t0 for _ in eng.generate_ids(ids, b.n_gen, 0.0)]
             if i >= 1 and times:
                 ttft.append(times[0])
                 e2e.append(time.perf_counter() - t0)
     finally:
-        be.close()
+        eng.close()
     return {"ttft_s": summarize(ttft), "e2e_s": summarize(e2e), "bytes": Path(path).stat().st_size}
 
 

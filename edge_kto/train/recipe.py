@@ -26,6 +26,7 @@ from ..data import read_kto
 from ..jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from ..models import load_model, load_tokenizer
 from ..resume import check_same_job, job_record
+from ..run_folder import RunFolder
 from .batches import Batch, collate, pad_pairs, plan_batches, total_micro_steps
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -100,8 +101,9 @@ def _prepare_run_dir(run: Path, resume: bool, force: bool, acc: Any) -> None:
     if acc.is_main_process:
         if run.exists() and force and not resume:
             shutil.rmtree(run)
-        done, ckpts = (run / "train_report.json").exists(), latest_checkpoint(run / "checkpoints")
-        if not resume and (done or ckpts or (run / "metrics.jsonl").exists()):
+        folder = RunFolder(run)
+        done, ckpts = folder.finished(), latest_checkpoint(folder.checkpoints)
+        if not resume and (done or ckpts or folder.metrics.exists()):
             raise InputExists(f"{run}: already holds a training run; pass --resume to continue it or --force to start over")
         if resume and done:
             raise InputExists(f"{run}: this run already finished (train_report.json); nothing to resume")
@@ -173,13 +175,13 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
     state = TrainState(cfg, acc, run, tok, model, module, optimizer, scheduler, examples, plan, steps, pad_id,
                        reference, report)
     if resume:
-        ckpt = latest_checkpoint(run / "checkpoints")
+        ckpt = latest_checkpoint(RunFolder(run).checkpoints)
         if ckpt is not None:
             load_checkpoint(ckpt, model, optimizer, scheduler, acc)
             state.start_step = ckpt.step
             state.report["resumed_from"] = ckpt.step
     if acc.is_main_process:
-        write_json_atomic(run / "config.json", {**cfg.to_dict(), "world_size": acc.num_processes,
+        write_json_atomic(RunFolder(run).config_path, {**cfg.to_dict(), "world_size": acc.num_processes,
                                                 "mixed_precision": _mixed_precision(cfg), "steps": steps})
     return state
 
@@ -219,7 +221,7 @@ def _metrics_log(s: TrainState) -> AppendLog | None:
     """The metrics file, cut back to the resumed step (rows after the checkpoint are redone)."""
     if not s.accelerator.is_main_process:
         return None
-    path = s.run_dir / "metrics.jsonl"
+    path = RunFolder(s.run_dir).metrics
     log_file = AppendLog(path)
     kept = [r for r in log_file.recover() if r.get("step", 0) <= s.start_step]
     write_jsonl_atomic(path, kept)
@@ -267,7 +269,7 @@ def train_loop(s: TrainState, progress: bool = True) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.3f}", margin=f"{row['rewards/margins'] or 0:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < s.steps:
-            save_checkpoint(s.run_dir / "checkpoints", step + 1, s.model, s.optimizer, s.scheduler, acc,
+            save_checkpoint(RunFolder(s.run_dir).checkpoints, step + 1, s.model, s.optimizer, s.scheduler, acc,
                             {"loss": row["loss"]}, cfg.keep_checkpoints)
     bar.close()
     if log_file:
@@ -279,8 +281,9 @@ def train_loop(s: TrainState, progress: bool = True) -> None:
 
 def finish_training(s: TrainState, seconds: float) -> TrainResult:
     acc, run, cfg = s.accelerator, s.run_dir, s.cfg
+    folder = RunFolder(run)
     acc.wait_for_everyone()
-    adapter_dir, model_dir, plot = run / "adapter", (run / "model" if cfg.merge else None), None
+    adapter_dir, model_dir, plot = folder.adapter, (folder.model if cfg.merge else None), None
     final = s.history[-1] if s.history else {}
     if acc.is_main_process:
         s.model.save_pretrained(str(adapter_dir))
@@ -289,10 +292,10 @@ def finish_training(s: TrainState, seconds: float) -> TrainResult:
             merged.save_pretrained(str(model_dir))
             s.tokenizer.save_pretrained(str(model_dir))
         if cfg.plot:
-            plot = plot_curves(s.history, run / "curves.png", title=f"KTO: {Path(cfg.data).name} on {cfg.model}")
+            plot = plot_curves(s.history, folder.curves, title=f"KTO: {Path(cfg.data).name} on {cfg.model}")
         s.report.update({"steps": s.steps, "skipped_steps": s.skipped_steps, "seconds": seconds,
                          "world_size": acc.num_processes, "final": final})
-        write_json_atomic(run / "train_report.json", s.report)  # written last: marks the run complete
+        write_json_atomic(folder.report_path, s.report)  # written last: marks the run complete
     acc.wait_for_everyone()
-    return TrainResult(run, s.steps, adapter_dir, model_dir, run / "metrics.jsonl", plot, final, s.report, seconds,
+    return TrainResult(run, s.steps, adapter_dir, model_dir, folder.metrics, plot, final, s.report, seconds,
                        s.report.get("resumed_from"), acc.is_main_process)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,8 +26,10 @@ Seq = tuple[int, int]  # (example whose prompt, example whose completion); (i, i
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("EDGE_KTO_CACHE") or str(Path.home() / ".cache" / "edge-kto")
-    return Path(root) / "ref"
+    """The reference log-prob cache: ``ref/`` under the one cache root (``models.cache_root``)."""
+    from ..models.fetch import cache_root
+
+    return cache_root() / "ref"
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -1,9 +1,9 @@
 """Turn KTO rows into (prompt ids, completion ids) the way the model sees them at inference.
 
 The prompt is rendered with the chat template and the generation prompt; the completion is
-the rendering of prompt + assistant turn minus that prefix. If the template renders the prompt
-differently on its own (the prefix property breaks), we warn once and split where the two
-token lists diverge, as TRL does. EOS is appended when the template did not end the turn with it.
+the rendering of prompt + assistant turn minus that prefix, by the one rule the golden set and the
+runtime also use (``edge_kto_runtime.completion``); a template that breaks the prefix property is
+warned about once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from edge_kto_runtime.completion import split_completion
 
 from ..data import KTOExample
 
@@ -46,29 +48,16 @@ def _ids(tok: Any, messages: list[dict], add_generation_prompt: bool) -> list[in
     return list(out)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def tokenize_example(tok: Any, ex: KTOExample, index: int, max_length: int, max_prompt_length: int,
                      report: TokenizeReport) -> Tokenized | None:
     prompt = _ids(tok, ex.prompt, add_generation_prompt=True)
     full = _ids(tok, ex.prompt + [{"role": "assistant", "content": ex.completion}], add_generation_prompt=False)
-    cut = common_prefix(prompt, full)
-    if cut < len(prompt):
+    prompt_ids, completion_ids = split_completion(prompt, full, tok.eos_token_id)  # the one rule (runtime)
+    if len(prompt_ids) < len(prompt):
         report.prefix_mismatch += 1
         if report.prefix_mismatch == 1:
             log.warning("chat template: the prompt alone is not a prefix of prompt+completion; splitting where they "
-                        "diverge (left out of training: %r)", tok.decode(prompt[cut:]))
-    prompt_ids, completion_ids = full[:cut], full[cut:]
-    eos = tok.eos_token_id
-    if eos is not None and eos not in completion_ids[-2:]:
-        completion_ids = completion_ids + [eos]
+                        "diverge (left out of training: %r)", tok.decode(prompt[len(prompt_ids):]))
     if len(prompt_ids) > max_prompt_length or len(prompt_ids) >= max_length:
         report.prompt_too_long += 1
         return None

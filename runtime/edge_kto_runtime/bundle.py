@@ -124,7 +124,8 @@ def validate_manifest(m: Any, where: str) -> None:
     for key, ok, want in (("bos", lambda v: v is None or isinstance(v, str), "a string or null"),
                           ("eos", _str_list, "a list of strings"), ("stop", _str_list, "a list of strings"),
                           ("eos_ids", lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                                                          for i in v), "a list of integers")):
+                                                                          for i in v), "a list of integers"),
+                          ("eos_id", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null")):
         if key in tok and not ok(tok[key]):
             raise BundleError(f"{where}: field 'tokenizer.{key}': expected {want}, got {json.dumps(tok[key])[:80]}")
     for key in ("generation", "alignment", "training", "tools"):

@@ -18,6 +18,7 @@ import numpy as np
 from .backends import BACKENDS, Backend, BackendMissing, BackendSpec, log_softmax, resolve_backends
 from .bundle import Artifact, Bundle, BundleError, failed_artifacts, open_bundle, verify_bundle
 from .chat import TemplateError, render_chat
+from .completion import split_completion
 from .errors import InvalidInput
 from .defaults import DEVICE_MAX_NEW_TOKENS, N_CTX, default_threads
 
@@ -120,6 +121,7 @@ class EdgeModel:
         self.chat_template: str = tok["chat_template"]
         self.bos, self.eos_tokens = tok.get("bos"), tok.get("eos") or []
         self.eos_ids = set(tok.get("eos_ids") or [])
+        self.eos_id: int | None = tok.get("eos_id", (tok.get("eos_ids") or [None])[0])  # the tokenizer's own EOS
         self.stop_strings: list[str] = [s for s in tok.get("stop") or [] if s]
         self.defaults = bundle.manifest.get("generation", {})
         self.feedback_store: Any = None  # a FeedbackStore when loaded with feedback_db
@@ -165,8 +167,9 @@ class EdgeModel:
         return list(prompt) if _is_ids(prompt) else self.encode(prompt)  # type: ignore[arg-type]
 
     def _completion_ids(self, messages: Messages, prompt_ids: list[int], completion: str) -> list[int]:
+        """The answer's ids by the training rule (:mod:`.completion`): what KTO and the gate scored."""
         full = self.backend.tokenize(self.render(messages + [{"role": "assistant", "content": completion}], False))
-        return full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else self.backend.tokenize(completion)
+        return split_completion(prompt_ids, full, self.eos_id)[1]
 
     # ------------------------------------------------------------ generation
 

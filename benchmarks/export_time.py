@@ -44,28 +44,59 @@ def main() -> None:
     run_export(ExportConfig(source=str(hf), out=str(work / "artifacts-only"), gguf=types), progress=False)
     artifacts_only = time.perf_counter() - t
     t = time.perf_counter()  # what `edge-kto export` does by default: + the golden set for the alignment check
-    res = run_export(ExportConfig(source=str(hf), out=str(work / "bundle"), gguf=types, golden_data=str(TASK),
-                                  golden_limit=a.golden), progress=False)
+    res = run_export(
+        ExportConfig(
+            source=str(hf), out=str(work / "bundle"), gguf=types, golden_data=str(TASK), golden_limit=a.golden
+        ),
+        progress=False,
+    )
     ours = time.perf_counter() - t
     golden_s = res.timings.get("golden_s", 0.0)
 
-    arts = [{"artifact": x["path"], "quant": x["quant"], "mb": x["bytes"] / 1e6, "bits_per_weight": x.get("bits_per_weight"),
-             "k_quant_fallbacks": x.get("k_quant_fallbacks"), "tensor_types": x.get("tensor_types")} for x in res.manifest["artifacts"]]
-    summary = {"date": time.strftime("%Y-%m-%d"), "model": "SmolLM2-135M-Instruct", "tools_s": tools, "tools_total_s": tools_total,
-               "export_s": ours, "export_timings": res.timings, "ratio": ours / tools_total,
-               "artifacts_only_s": artifacts_only, "ratio_artifacts_only": artifacts_only / tools_total, "golden_rows": a.golden, "artifacts": arts}
+    arts = [
+        {
+            "artifact": x["path"],
+            "quant": x["quant"],
+            "mb": x["bytes"] / 1e6,
+            "bits_per_weight": x.get("bits_per_weight"),
+            "k_quant_fallbacks": x.get("k_quant_fallbacks"),
+            "tensor_types": x.get("tensor_types"),
+        }
+        for x in res.manifest["artifacts"]
+    ]
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": "SmolLM2-135M-Instruct",
+        "tools_s": tools,
+        "tools_total_s": tools_total,
+        "export_s": ours,
+        "export_timings": res.timings,
+        "ratio": ours / tools_total,
+        "artifacts_only_s": artifacts_only,
+        "ratio_artifacts_only": artifacts_only / tools_total,
+        "golden_rows": a.golden,
+        "artifacts": arts,
+    }
     print("| step | tools by hand (s) | edge-kto export (s) |\n|---|---|---|")
     print(f"| convert f16 | {tools['convert_f16']:.1f} | {res.timings['convert_s']:.1f} |")
     for q in types:
         print(f"| quantize {q} | {tools[f'quantize_{q}']:.1f} | {res.timings['quantize_s'][q]:.1f} |")
     print(f"| ONNX int4 builder | {tools['onnx_builder']:.1f} | {res.timings['onnx_s']:.1f} |")
     print(f"| golden set ({a.golden} prompts) | - | {golden_s:.1f} |")
-    print(f"| **total** | **{tools_total:.1f}** | **{ours:.1f}** (same artifacts without the golden set: {artifacts_only:.1f}) |")
-    print(f"\nratio export / tools: {summary['ratio_artifacts_only']:.2f}x for the same artifacts; "
-          f"{summary['ratio']:.2f}x with the golden set\n")
+    print(
+        f"| **total** | **{tools_total:.1f}** | **{ours:.1f}** (same artifacts without the golden set: "
+        f"{artifacts_only:.1f}) |"
+    )
+    print(
+        f"\nratio export / tools: {summary['ratio_artifacts_only']:.2f}x for the same artifacts; "
+        f"{summary['ratio']:.2f}x with the golden set\n"
+    )
     print("| artifact | quant | MB | bits/weight | K-quant fallbacks |\n|---|---|---|---|---|")
     for x in arts:
-        print(f"| {x['artifact']} | {x['quant']} | {x['mb']:.1f} | {x['bits_per_weight'] or '-'} | {x['k_quant_fallbacks'] if x['k_quant_fallbacks'] is not None else '-'} |")
+        print(
+            f"| {x['artifact']} | {x['quant']} | {x['mb']:.1f} | {x['bits_per_weight'] or '-'} | "
+            f"{x['k_quant_fallbacks'] if x['k_quant_fallbacks'] is not None else '-'} |"
+        )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

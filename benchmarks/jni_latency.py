@@ -28,9 +28,25 @@ HOST = ROOT / "android_demo" / "llama" / "build" / "host"
 
 def jni_block(gguf: Path, threads: int, warmup: int, runs: int, n_prompt: int, n_gen: int, seed: int) -> list[dict]:
     cp = f"{HOST / 'classes'}:{HOST / 'test-classes'}"
-    out = subprocess.run(["java", f"-Djava.library.path={HOST}", "-cp", cp, "dev.edgekto.llama.LlamaHostBench", str(gguf),
-                          str(threads), str(warmup), str(runs), str(n_prompt), str(n_gen), str(seed)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "java",
+            f"-Djava.library.path={HOST}",
+            "-cp",
+            cp,
+            "dev.edgekto.llama.LlamaHostBench",
+            str(gguf),
+            str(threads),
+            str(warmup),
+            str(runs),
+            str(n_prompt),
+            str(n_gen),
+            str(seed),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -70,11 +86,26 @@ def main() -> None:
     print("| metric | JNI p50 / p99 (ms) | runtime p50 / p99 (ms) | JNI / runtime p50 | p99 |")
     print("|---|---|---|---|---|")
     for metric, r in rows.items():
-        print(f"| {metric} | {1e3 * r['jni']['p50']:.1f} / {1e3 * r['jni']['p99']:.1f} | {1e3 * r['runtime']['p50']:.1f} / "
-              f"{1e3 * r['runtime']['p99']:.1f} | {r['ratio_p50']:.3f} | {r['ratio_p99']:.3f} |")
+        print(
+            f"| {metric} | {1e3 * r['jni']['p50']:.1f} / {1e3 * r['jni']['p99']:.1f} | "
+            f"{1e3 * r['runtime']['p50']:.1f} / "
+            f"{1e3 * r['runtime']['p99']:.1f} | {r['ratio_p50']:.3f} | {r['ratio_p99']:.3f} |"
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"bundle": a.bundle, "artifact": art.path, "threads": a.threads, "n_prompt": a.n_prompt,
-                                       "n_gen": a.n_gen, "runs": len(jni), "metrics": rows}, indent=2))
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "bundle": a.bundle,
+                "artifact": art.path,
+                "threads": a.threads,
+                "n_prompt": a.n_prompt,
+                "n_gen": a.n_gen,
+                "runs": len(jni),
+                "metrics": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {a.out}")
 
 

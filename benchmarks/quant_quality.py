@@ -39,10 +39,28 @@ def golden_pairs(out: Path, limit: int, seed: int = 0) -> Path:
     data = []
     for r in rows[:limit]:
         others = [k for k in kb if k != r["intent"]]
-        msgs = ([{"role": "system", "content": task.system}] if task.system else []) + [{"role": "user", "content": r["prompt"]}]
-        data.append({"id": r["id"] + "#good", "prompt": msgs, "completion": kb[r["intent"]], "label": True, "reference": r["reference"]})
+        msgs = ([{"role": "system", "content": task.system}] if task.system else []) + [
+            {"role": "user", "content": r["prompt"]}
+        ]
+        data.append(
+            {
+                "id": r["id"] + "#good",
+                "prompt": msgs,
+                "completion": kb[r["intent"]],
+                "label": True,
+                "reference": r["reference"],
+            }
+        )
         for j, k in enumerate(rng.sample(others, 2)):
-            data.append({"id": f"{r['id']}#bad{j}", "prompt": msgs, "completion": kb[k], "label": False, "reference": r["reference"]})
+            data.append(
+                {
+                    "id": f"{r['id']}#bad{j}",
+                    "prompt": msgs,
+                    "completion": kb[k],
+                    "label": False,
+                    "reference": r["reference"],
+                }
+            )
     out.write_text("".join(json.dumps(d) + "\n" for d in data))
     return out
 
@@ -60,16 +78,36 @@ def main() -> None:
     t = time.perf_counter()
     results = []
     for name, gguf, int8_head in (("main", a.gguf.split(","), True), ("onnx-all-int4", [], False)):
-        res = run_export(ExportConfig(source=src, out=str(work / name), gguf=gguf, onnx_int8_head=int8_head,
-                                      golden_data=str(golden), golden_limit=a.limit, golden_verifier="contains_all",
-                                      check=False), progress=False)
+        res = run_export(
+            ExportConfig(
+                source=src,
+                out=str(work / name),
+                gguf=gguf,
+                onnx_int8_head=int8_head,
+                golden_data=str(golden),
+                golden_limit=a.limit,
+                golden_verifier="contains_all",
+                check=False,
+            ),
+            progress=False,
+        )
         results += run_check(CheckConfig(bundle=str(res.bundle), reference=src), progress=False).results
     table = markdown_table(results)
     print(table)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "source": src, "golden_prompts": a.limit,
-                               "seconds": time.perf_counter() - t, "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "source": src,
+                "golden_prompts": a.limit,
+                "seconds": time.perf_counter() - t,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

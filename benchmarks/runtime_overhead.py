@@ -16,7 +16,6 @@ import random
 import time
 from pathlib import Path
 
-
 from edge_kto_runtime import load
 from edge_kto_runtime.bench import BenchConfig, _aggregate, _synthetic_ids, one_run
 
@@ -32,8 +31,14 @@ def bare_llama(m, ids: list[int], n_gen: int) -> dict:
         times.append(time.perf_counter() - t0)
         eng.eval([tok])
     e2e = times[-1]
-    return {"ttft": times[0], "e2e": e2e, "n_gen": n_gen, "n_prompt": len(ids),
-            "tpot": (times[-1] - times[0]) / (n_gen - 1), "gaps": [b - a for a, b in zip(times, times[1:])]}
+    return {
+        "ttft": times[0],
+        "e2e": e2e,
+        "n_gen": n_gen,
+        "n_prompt": len(ids),
+        "tpot": (times[-1] - times[0]) / (n_gen - 1),
+        "gaps": [b - a for a, b in zip(times, times[1:])],
+    }
 
 
 def bare_ort(m, ids: list[int], n_gen: int) -> dict:
@@ -49,8 +54,14 @@ def bare_ort(m, ids: list[int], n_gen: int) -> dict:
         gen.generate_next_token()
         gen.get_next_tokens()
         times.append(time.perf_counter() - t0)
-    return {"ttft": times[0], "e2e": times[-1], "n_gen": len(times), "n_prompt": len(ids),
-            "tpot": (times[-1] - times[0]) / (len(times) - 1), "gaps": [b - a for a, b in zip(times, times[1:])]}
+    return {
+        "ttft": times[0],
+        "e2e": times[-1],
+        "n_gen": len(times),
+        "n_prompt": len(ids),
+        "tpot": (times[-1] - times[0]) / (len(times) - 1),
+        "gaps": [b - a for a, b in zip(times, times[1:])],
+    }
 
 
 def main() -> None:
@@ -77,23 +88,40 @@ def main() -> None:
                 bare.append(b)
                 ours.append(o)
         ag_o, ag_b = _aggregate(ours, m.load_s, 0), _aggregate(bare, m.load_s, 0)
-        rows.append({"artifact": art, "quant": m.artifact.quant, "ours": {k: v for k, v in ag_o.items() if k != "runs"},
-                     "bare": {k: v for k, v in ag_b.items() if k != "runs"},
-                     "decode_ratio": ag_o["avg_ts"] / ag_b["avg_ts"], "e2e_p99_ratio": ag_o["e2e_s"]["p99"] / ag_b["e2e_s"]["p99"]})
+        rows.append(
+            {
+                "artifact": art,
+                "quant": m.artifact.quant,
+                "ours": {k: v for k, v in ag_o.items() if k != "runs"},
+                "bare": {k: v for k, v in ag_b.items() if k != "runs"},
+                "decode_ratio": ag_o["avg_ts"] / ag_b["avg_ts"],
+                "e2e_p99_ratio": ag_o["e2e_s"]["p99"] / ag_b["e2e_s"]["p99"],
+            }
+        )
         m.close()
-    print(f"128-token prompt + 64 generated tokens, {a.runs} runs after {a.warmup} warm-ups, {a.threads} threads, interleaved\n")
-    print("| artifact | loop | TTFT p50/p90/p99 ms | E2E p50/p90/p99 ms | decode tok/s | ours / bare (tok/s) | ours / bare (E2E p99) |")
+    print(
+        f"128-token prompt + 64 generated tokens, {a.runs} runs after {a.warmup} warm-ups, {a.threads} threads, "
+        f"interleaved\n"
+    )
+    print(
+        "| artifact | loop | TTFT p50/p90/p99 ms | E2E p50/p90/p99 ms | decode tok/s | ours / bare (tok/s) | "
+        "ours / bare (E2E p99) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         for name in ("bare", "ours"):
             x = r[name]
             t, e = x["ttft_s"], x["e2e_s"]
             ratio = f"{r['decode_ratio']:.3f} | {r['e2e_p99_ratio']:.3f}" if name == "ours" else " | "
-            print(f"| {r['artifact']} | {name} | {1e3 * t['p50']:.0f} / {1e3 * t['p90']:.0f} / {1e3 * t['p99']:.0f} | "
-                  f"{1e3 * e['p50']:.0f} / {1e3 * e['p90']:.0f} / {1e3 * e['p99']:.0f} | {x['avg_ts']:.1f} | {ratio} |")
+            print(
+                f"| {r['artifact']} | {name} | {1e3 * t['p50']:.0f} / {1e3 * t['p90']:.0f} / {1e3 * t['p99']:.0f} | "
+                f"{1e3 * e['p50']:.0f} / {1e3 * e['p90']:.0f} / {1e3 * e['p99']:.0f} | {x['avg_ts']:.1f} | {ratio} |"
+            )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": a.runs, "threads": a.threads, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": a.runs, "threads": a.threads, "rows": rows}, indent=2)
+    )
     print(f"\nwrote {out}")
 
 

@@ -26,8 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-BODY = {"messages": [{"role": "user", "content": "Give me one tip for a smart lamp."}], "temperature": 0,
-        "ignore_eos": True}
+BODY = {
+    "messages": [{"role": "user", "content": "Give me one tip for a smart lamp."}],
+    "temperature": 0,
+    "ignore_eos": True,
+}
 
 
 def _free_port() -> int:
@@ -40,8 +43,12 @@ def _one(port: int, max_tokens: int) -> tuple[float, str | None]:
     t = time.perf_counter()
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        c.request("POST", "/v1/chat/completions", json.dumps({**BODY, "max_tokens": max_tokens}),
-                  {"Content-Type": "application/json"})
+        c.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({**BODY, "max_tokens": max_tokens}),
+            {"Content-Type": "application/json"},
+        )
         r = c.getresponse()
         data = r.read()
         c.close()
@@ -79,9 +86,19 @@ def run_load(port: int, clients: int, requests: int, max_tokens: int) -> dict[st
     for th in threads:
         th.join()
     wall = time.perf_counter() - t
-    return {"clients": clients, "requests_per_client": requests, "requests": len(lat), "errors": sum(errors.values()),
-            "error_kinds": dict(errors), "wall_s": wall, "requests_per_s": len(lat) / wall,
-            "p50_s": _pct(lat, 50), "p90_s": _pct(lat, 90), "p99_s": _pct(lat, 99), "max_s": max(lat)}
+    return {
+        "clients": clients,
+        "requests_per_client": requests,
+        "requests": len(lat),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "wall_s": wall,
+        "requests_per_s": len(lat) / wall,
+        "p50_s": _pct(lat, 50),
+        "p90_s": _pct(lat, 90),
+        "p99_s": _pct(lat, 99),
+        "max_s": max(lat),
+    }
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, limit_s: float = 120) -> None:
@@ -113,8 +130,19 @@ def main() -> int:
     if a.quick:
         a.clients, a.requests = 16, 4
     port = _free_port()
-    cmd = [sys.executable, "-m", "edge_kto_runtime.cli", "serve", a.bundle, "--port", str(port), "--no-feedback",
-           "--threads", str(a.threads), "--allow-failed"] + (["--artifact", a.artifact] if a.artifact else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_kto_runtime.cli",
+        "serve",
+        a.bundle,
+        "--port",
+        str(port),
+        "--no-feedback",
+        "--threads",
+        str(a.threads),
+        "--allow-failed",
+    ] + (["--artifact", a.artifact] if a.artifact else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_ready(port, proc)
@@ -123,14 +151,28 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "bundle": a.bundle,
-              "max_tokens": a.max_tokens, "alone": alone, "loaded": loaded,
-              "p99_vs_alone_p50": loaded["p99_s"] / alone["p50_s"]}
-    print("| run | clients x requests | errors | req/s | p50 s | p90 s | p99 s | max s |\n|---|---|---|---|---|---|---|---|")
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "bundle": a.bundle,
+        "max_tokens": a.max_tokens,
+        "alone": alone,
+        "loaded": loaded,
+        "p99_vs_alone_p50": loaded["p99_s"] / alone["p50_s"],
+    }
+    print(
+        "| run | clients x requests | errors | req/s | p50 s | p90 s | p99 s | max s "
+        "|\n|---|---|---|---|---|---|---|---|"
+    )
     for name, r in (("one client (anchor)", alone), ("loaded", loaded)):
-        print(f"| {name} | {r['clients']} x {r['requests_per_client']} | {r['errors']} | {r['requests_per_s']:.1f} | "
-              f"{r['p50_s']:.3f} | {r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['max_s']:.3f} |")
-    print(f"p99 under load = {report['p99_vs_alone_p50']:.1f}x one request alone (the queue: one model, one request at a time)")
+        print(
+            f"| {name} | {r['clients']} x {r['requests_per_client']} | {r['errors']} | {r['requests_per_s']:.1f} | "
+            f"{r['p50_s']:.3f} | {r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['max_s']:.3f} |"
+        )
+    print(
+        f"p99 under load = {report['p99_vs_alone_p50']:.1f}x one request alone (the queue: one model, one "
+        f"request at a time)"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if loaded["errors"] == 0 and alone["errors"] == 0 else 1

@@ -24,16 +24,23 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the device model answer settings network battery update screen account privacy router light sensor "
-         "schedule power signal app menu reset button cable voltage memory storage timer").split()
+WORDS = (
+    "the device model answer settings network battery update screen account privacy router light sensor "
+    "schedule power signal app menu reset button cable voltage memory storage timer"
+).split()
 
 
 def make_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     text = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))  # noqa: E731
-    return [{"prompt": [{"role": "user", "content": text(8, 40) + "?"}],
-             "completion": [{"role": "assistant", "content": text(10, 90) + "."}],
-             "label": i % 2 == 0} for i in range(n)]
+    return [
+        {
+            "prompt": [{"role": "user", "content": text(8, 40) + "?"}],
+            "completion": [{"role": "assistant", "content": text(10, 90) + "."}],
+            "label": i % 2 == 0,
+        }
+        for i in range(n)
+    ]
 
 
 def _tokens(tok, rows: list[dict]) -> int:
@@ -53,17 +60,33 @@ def _peak_rss_mb() -> float:
 def run_ours(a: argparse.Namespace, data: Path, work: Path) -> dict:
     from edge_kto.train import LoraConfig, TrainConfig, run_train
 
-    cfg = TrainConfig(data=str(data), model=a.model_dir, out=str(work / "ours"), batch_size=a.batch, max_steps=a.steps,
-                      lr=1e-4, warmup_ratio=0.1, lora=LoraConfig(r=8, alpha=16), max_length=a.max_length,
-                      max_prompt_length=a.max_length // 2, cache_dir=str(work / "refcache"), plot=False, merge=False,
-                      save_steps=10**9)
+    cfg = TrainConfig(
+        data=str(data),
+        model=a.model_dir,
+        out=str(work / "ours"),
+        batch_size=a.batch,
+        max_steps=a.steps,
+        lr=1e-4,
+        warmup_ratio=0.1,
+        lora=LoraConfig(r=8, alpha=16),
+        max_length=a.max_length,
+        max_prompt_length=a.max_length // 2,
+        cache_dir=str(work / "refcache"),
+        plot=False,
+        merge=False,
+        save_steps=10**9,
+    )
     t0 = time.time()
     res = run_train(cfg, progress=False)
     rows = [json.loads(x) for x in (res.metrics_path).read_text().splitlines()]
     steady = rows[1:]
-    return {"wall_s": time.time() - t0, "step_s": [r["seconds"] for r in rows],
-            "samples": sum(r["rows"] for r in steady), "seconds": sum(r["seconds"] for r in steady),
-            "final_loss": rows[-1]["loss"]}
+    return {
+        "wall_s": time.time() - t0,
+        "step_s": [r["seconds"] for r in rows],
+        "samples": sum(r["rows"] for r in steady),
+        "seconds": sum(r["seconds"] for r in steady),
+        "final_loss": rows[-1]["loss"],
+    }
 
 
 def run_trl(a: argparse.Namespace, data: Path, work: Path) -> dict:
@@ -87,18 +110,42 @@ def run_trl(a: argparse.Namespace, data: Path, work: Path) -> dict:
             stamps.append(time.perf_counter())
 
     cuda = torch.cuda.is_available()
-    args = KTOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-4,
-                     warmup_steps=max(1, a.steps // 10), lr_scheduler_type="cosine", precompute_ref_log_probs=True,
-                     max_length=a.max_length, bf16=cuda, gradient_checkpointing=False, use_cpu=not cuda, report_to=[],
-                     logging_steps=1, save_strategy="no", seed=0, dataloader_num_workers=0)
-    trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
-                         callbacks=[Stamp()])
+    args = KTOConfig(
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=a.batch,
+        max_steps=a.steps,
+        learning_rate=1e-4,
+        warmup_steps=max(1, a.steps // 10),
+        lr_scheduler_type="cosine",
+        precompute_ref_log_probs=True,
+        max_length=a.max_length,
+        bf16=cuda,
+        gradient_checkpointing=False,
+        use_cpu=not cuda,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = KTOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        callbacks=[Stamp()],
+    )
     trainer.train()
     step_s = [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"wall_s": time.time() - t0, "step_s": step_s, "samples": a.batch * (len(step_s) - 1),
-            "seconds": sum(step_s[1:]), "final_loss": losses[-1] if losses else None}
+    return {
+        "wall_s": time.time() - t0,
+        "step_s": step_s,
+        "samples": a.batch * (len(step_s) - 1),
+        "seconds": sum(step_s[1:]),
+        "final_loss": losses[-1] if losses else None,
+    }
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -151,10 +198,28 @@ def main() -> None:
     results = {}
     for impl in ("trl", "ours"):  # one after the other, each in a fresh process
         res_path = work / f"{impl}.json"
-        cmd = [sys.executable, __file__, "--worker", impl, "--work", str(work), "--result", str(res_path),
-               "--model-dir", model_dir, "--steps", str(a.steps), "--batch", str(a.batch), "--max-length", str(a.max_length)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            impl,
+            "--work",
+            str(work),
+            "--result",
+            str(res_path),
+            "--model-dir",
+            model_dir,
+            "--steps",
+            str(a.steps),
+            "--batch",
+            str(a.batch),
+            "--max-length",
+            str(a.max_length),
+        ]
         print(f"running {impl} ...", flush=True)
-        proc = subprocess.run(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True
+        )
         if proc.returncode:
             sys.exit(f"{impl} failed:\n{proc.stderr[-4000:]}")
         r = json.loads(res_path.read_text())
@@ -167,18 +232,29 @@ def main() -> None:
 
     ours, trl = results["ours"], results["trl"]
     summary = {
-        "date": time.strftime("%Y-%m-%d"), "model": a.model, "steps": a.steps, "batch": a.batch,
-        "tokens_per_sample": tokens_per_sample, "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "speedup": ours["samples_per_s"] / trl["samples_per_s"], "rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+        "date": time.strftime("%Y-%m-%d"),
+        "model": a.model,
+        "steps": a.steps,
+        "batch": a.batch,
+        "tokens_per_sample": tokens_per_sample,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "speedup": ours["samples_per_s"] / trl["samples_per_s"],
+        "rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
         "results": results,
     }
-    print(f"\nKTO training, {a.model}, LoRA r=8 all-linear, batch {a.batch}, {a.steps} steps, precomputed reference, "
-          f"{summary['device']}, {tokens_per_sample:.0f} tokens/sample")
+    print(
+        f"\nKTO training, {a.model}, LoRA r=8 all-linear, batch {a.batch}, {a.steps} steps, precomputed reference, "
+        f"{summary['device']}, {tokens_per_sample:.0f} tokens/sample"
+    )
     print("| trainer | s/step (steady) | samples/s | tokens/s | wall s | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for name, r in (("TRL KTOTrainer 1.16", trl), ("edge-kto", ours)):
-        print(f"| {name} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {name} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
     print(f"\nspeedup (samples/s, ours/TRL): {summary['speedup']:.2f}x   peak RSS ours/TRL: {summary['rss_ratio']:.2f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

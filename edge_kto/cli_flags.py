@@ -34,8 +34,9 @@ def flag_fields(cls: type) -> dict[str, type]:
     return out
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (),
-                     helps: dict[str, str] | None = None) -> list[str]:
+def add_config_flags(
+    p: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (), helps: dict[str, str] | None = None
+) -> list[str]:
     """``--field`` for every scalar field of ``cls`` not in ``skip`` nor already a flag; returns the names."""
     helps = helps or {}
     have = {a.dest for a in p._actions}

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from .jsonl import DataError, DataIssue, iter_jsonl
 from edge_kto_runtime.errors import MissingInput
 from edge_kto_runtime.verifiers import BUILTIN
+
+from .jsonl import DataError, DataIssue, iter_jsonl
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
@@ -178,14 +179,23 @@ def read_kto(path: str | Path, seed: int = 0) -> list[KTOExample]:
             if msgs is None:
                 continue
             if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-                chk.bad(line, "messages", "the last message must be the assistant's completion, after at least one prompt message")
+                chk.bad(
+                    line,
+                    "messages",
+                    "the last message must be the assistant's completion, after at least one prompt message",
+                )
                 continue
             comp = chk.completion(line, "messages[-1].content", msgs[-1]["content"])
             if comp is not None and lab is not None:
                 out.append(KTOExample(msgs[:-1], comp, lab, rid, obj.get("source"), extra))
             continue
         if "completion" not in obj and "prompt" not in obj:
-            chk.bad(line, None, "unrecognised row: expected {prompt, completion, label}, {messages, label} or {prompt, chosen, rejected}")
+            chk.bad(
+                line,
+                None,
+                "unrecognised row: expected {prompt, completion, label}, {messages, label} or {prompt, chosen, "
+                "rejected}",
+            )
             continue
         p = chk.prompt(line, "prompt", obj.get("prompt"))
         c = chk.completion(line, "completion", obj.get("completion"))
@@ -250,13 +260,26 @@ def read_task(folder: str | Path) -> Task:
         if not isinstance(spec.get(key), str):
             issues.append(DataIssue(str(spec_path), 1, key, "missing or not a string"))
     if isinstance(spec.get("verifier"), str) and spec["verifier"] not in VERIFIERS:
-        issues.append(DataIssue(str(spec_path), 1, "verifier", f"unknown verifier {spec['verifier']!r}; one of {', '.join(VERIFIERS)}"))
+        issues.append(
+            DataIssue(
+                str(spec_path), 1, "verifier", f"unknown verifier {spec['verifier']!r}; one of {', '.join(VERIFIERS)}"
+            )
+        )
     if issues:
         raise DataError(issues)
     train, evl = read_prompts(folder / "train.jsonl"), read_prompts(folder / "eval.jsonl")
     overlap = {_norm(p.prompt) for p in train} & {_norm(p.prompt) for p in evl}
     if overlap:
-        raise DataError([DataIssue(str(folder / "eval.jsonl"), 0, "prompt", f"{len(overlap)} eval prompt(s) also appear in train.jsonl, e.g. {sorted(overlap)[0]!r}")])
+        raise DataError(
+            [
+                DataIssue(
+                    str(folder / "eval.jsonl"),
+                    0,
+                    "prompt",
+                    f"{len(overlap)} eval prompt(s) also appear in train.jsonl, e.g. {sorted(overlap)[0]!r}",
+                )
+            ]
+        )
     return Task(spec["name"], spec.get("teacher_context", ""), spec.get("system"), spec["verifier"], train, evl, folder)
 
 

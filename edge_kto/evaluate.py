@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 from edge_kto_runtime.verifiers import get_verifier
 
 from .data import Task, to_messages
 from .generate import teacher_messages
 from .teacher.base import GenRequest, SamplingParams, TeacherConfig, make_teacher
-from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 
 @dataclass
@@ -29,8 +29,13 @@ class EvalResult:
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
-        return {"name": self.name, "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "name": self.name,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def score_answers(name: str, task: Task, answers: list[str], seconds: float) -> EvalResult:
@@ -41,26 +46,38 @@ def score_answers(name: str, task: Task, answers: list[str], seconds: float) -> 
     return EvalResult(name, correct / max(len(outs), 1), correct, len(outs), seconds, outs)
 
 
-def eval_teacher(name: str, cfg: TeacherConfig, task: Task, with_context: bool, max_new_tokens: int = MAX_NEW_TOKENS) -> EvalResult:
+def eval_teacher(
+    name: str, cfg: TeacherConfig, task: Task, with_context: bool, max_new_tokens: int = MAX_NEW_TOKENS
+) -> EvalResult:
     """A teacher (or the student as an HF/GGUF model): greedy answers; ``with_context`` adds teacher_context."""
     t0 = time.perf_counter()
     teacher = make_teacher(cfg)
     try:
         sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-        reqs = [GenRequest(it.id, teacher_messages(it.prompt, task.system, task.teacher_context if with_context else None))
-                for it in task.eval]
+        reqs = [
+            GenRequest(it.id, teacher_messages(it.prompt, task.system, task.teacher_context if with_context else None))
+            for it in task.eval
+        ]
         answers = [texts[0] for texts in teacher.generate(reqs, sp)]
     finally:
         teacher.close()
     return score_answers(name, task, answers, time.perf_counter() - t0)
 
 
-def eval_artifact(name: str, bundle: str, artifact: str, task: Task, max_new_tokens: int = MAX_NEW_TOKENS,
-                  n_threads: int | None = None) -> EvalResult:
+def eval_artifact(
+    name: str,
+    bundle: str,
+    artifact: str,
+    task: Task,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    n_threads: int | None = None,
+) -> EvalResult:
     from edge_kto_runtime import load
 
     t0 = time.perf_counter()
     with load(bundle, artifact=artifact, n_threads=n_threads, verify=False) as m:
-        answers = [m.chat(to_messages(it.prompt, task.system), max_new_tokens=max_new_tokens, temperature=0.0)
-                   for it in task.eval]
+        answers = [
+            m.chat(to_messages(it.prompt, task.system), max_new_tokens=max_new_tokens, temperature=0.0)
+            for it in task.eval
+        ]
     return score_answers(name, task, answers, time.perf_counter() - t0)

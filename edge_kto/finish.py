@@ -31,13 +31,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
+from edge_kto_runtime.errors import InvalidInput
+
 from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
+from .quant.fake import (
+    ACTIVATIONS,
+    FORMATS,
+    mixed_8bit_layers,
+    mixed_8bit_names,
+    on_grid,
+    quantizable_linears,
+    unwrap_linears,
+    wrap_linears,
+)
 from .resume import check_same_job, job_record
 from .run_folder import FINISH, RunFolder, require_fp_model_dir
-from .quant.fake import (ACTIVATIONS, FORMATS, mixed_8bit_layers, mixed_8bit_names, on_grid, quantizable_linears,
-                         unwrap_linears, wrap_linears)
-from edge_kto_runtime.errors import InvalidInput
-from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +121,9 @@ def _rows(cfg: FinishConfig, tok: Any) -> list[tuple[list[int], list[int], bool]
     return rows
 
 
-def _on_policy_rows(cfg: FinishConfig, model: Any, tok: Any, cache: Path,
-                    progress: bool) -> list[tuple[list[int], list[int], bool]]:
+def _on_policy_rows(
+    cfg: FinishConfig, model: Any, tok: Any, cache: Path, progress: bool
+) -> list[tuple[list[int], list[int], bool]]:
     """The fp student's greedy answer to every distinct training prompt, as KL-only rows.
 
     Why: the teacher's answers are text the student would not itself write; the shipped model is
@@ -139,7 +149,7 @@ def _on_policy_rows(cfg: FinishConfig, model: Any, tok: Any, cache: Path,
     ids = sorted(prompts.values(), key=len)  # similar lengths per batch: less padding
     rows, step = [], 16
     for i in tqdm(range(0, len(ids), step), desc="on-policy answers (fp student, greedy)", disable=not progress):
-        chunk = ids[i:i + step]
+        chunk = ids[i : i + step]
         for p, c in zip(chunk, greedy_ids(model, chunk, cfg.on_policy_max_new_tokens, pad_id, eos)):
             if c and len(p) + len(c) <= cfg.max_length:
                 rows.append({"prompt_ids": p, "completion_ids": c})
@@ -153,7 +163,7 @@ def _plan(n_rows: int, batch: int, steps: int, seed: int) -> list[list[int]]:
     while len(plan) < steps:
         order = list(range(n_rows))
         rng.shuffle(order)
-        plan += [order[j:j + batch] for j in range(0, n_rows - batch + 1, batch)]
+        plan += [order[j : j + batch] for j in range(0, n_rows - batch + 1, batch)]
     return plan[:steps]
 
 
@@ -169,7 +179,9 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def _completion_logits(model: Any, ids: torch.Tensor, att: torch.Tensor, comp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _completion_logits(
+    model: Any, ids: torch.Tensor, att: torch.Tensor, comp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict completion tokens (the LM head runs only there), and the targets."""
     from .train.logps import causal_lm_parts
 
@@ -179,8 +191,9 @@ def _completion_logits(model: Any, ids: torch.Tensor, att: torch.Tensor, comp: t
     return head(hidden[:, :-1][predicts]).float(), ids[:, 1:][predicts]
 
 
-def _step_loss(cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[list[int], list[int], bool]],
-               pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+def _step_loss(
+    cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[list[int], list[int], bool]], pad_id: int
+) -> tuple[torch.Tensor, dict[str, float]]:
     from .train.batches import pad_pairs
 
     ids, att, comp = pad_pairs([(p, c) for p, c, _ in batch], pad_id, cfg.max_length)
@@ -195,12 +208,21 @@ def _step_loss(cfg: FinishConfig, teacher: Any, student: Any, batch: list[tuple[
     ce = nll[token_good].mean() if token_good.any() else nll.sum() * 0
     top1 = (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean()
     loss = cfg.kl_weight * kl + cfg.ce_weight * ce
-    return loss, {"loss": loss.item(), "kl": kl.item(), "ce": ce.item(), "top1_agree": top1.item(), "tokens": int(targets.numel())}
+    return loss, {
+        "loss": loss.item(),
+        "kl": kl.item(),
+        "ce": ce.item(),
+        "top1_agree": top1.item(),
+        "tokens": int(targets.numel()),
+    }
 
 
 def _latest_checkpoint(out: Path) -> tuple[int, Path] | None:
-    found = [(int(p.name[5:]), p) for p in RunFolder(out, FINISH).checkpoints.glob("step-*")
-             if p.name[5:].isdigit() and (p / "state.pt").is_file()]
+    found = [
+        (int(p.name[5:]), p)
+        for p in RunFolder(out, FINISH).checkpoints.glob("step-*")
+        if p.name[5:].isdigit() and (p / "state.pt").is_file()
+    ]
     return max(found) if found else None
 
 
@@ -210,8 +232,15 @@ def _save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter]
     tmp = ck / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"step": step, "weights": {n: p.detach().clone() for n, p in params.items()},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "weights": {n: p.detach().clone() for n, p in params.items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+        },
+        tmp / "state.pt",
+    )
     os.replace(tmp, ck / f"step-{step}")
     for p in ck.glob("step-*"):  # keep the newest only: a full-parameter checkpoint is large
         if p.name != f"step-{step}":
@@ -273,8 +302,9 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     metrics = AppendLog(folder.metrics)
     history = [r for r in metrics.recover() if r.get("step", 0) <= start]
     write_jsonl_atomic(folder.metrics, history)
-    write_json_atomic(folder.config_path, {**asdict(cfg), "linears": len(wrapped), "rows": len(rows),
-                                            "source_model": str(src)})
+    write_json_atomic(
+        folder.config_path, {**asdict(cfg), "linears": len(wrapped), "rows": len(rows), "source_model": str(src)}
+    )
 
     # 3. The loop.
     student.train()
@@ -307,9 +337,19 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
     final = history[-1] if history else {}
-    report = {"format": cfg.format, "steps": cfg.steps, "resumed_from": resumed, "final": final,
-              "linears": len(wrapped), "rows": len(rows), "seconds": time.time() - t0, "source_model": str(src),
-              "mixed_8bit": {"layers": mixed_8bit_layers(student.config.num_hidden_layers), "modules": keep} if keep else None}
+    report = {
+        "format": cfg.format,
+        "steps": cfg.steps,
+        "resumed_from": resumed,
+        "final": final,
+        "linears": len(wrapped),
+        "rows": len(rows),
+        "seconds": time.time() - t0,
+        "source_model": str(src),
+        "mixed_8bit": {"layers": mixed_8bit_layers(student.config.num_hidden_layers), "modules": keep}
+        if keep
+        else None,
+    }
     write_json_atomic(folder.report_path, report)  # written last: marks the finish complete
     shutil.rmtree(folder.checkpoints, ignore_errors=True)
     return FinishResult(out, model_dir, cfg.steps, resumed, final, report["seconds"])

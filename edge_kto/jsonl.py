@@ -105,7 +105,7 @@ def iter_jsonl(path: str | Path, issues: list[DataIssue] | None = None) -> Itera
                 bad(lineno, f"expected a JSON object, got {type(obj).__name__}")
                 continue
             if _lone_surrogate(obj):
-                bad(lineno, "a string holds a lone surrogate escape (e.g. \"\\ud800\"): not valid Unicode")
+                bad(lineno, 'a string holds a lone surrogate escape (e.g. "\\ud800"): not valid Unicode')
                 continue
             yield lineno, obj
 
@@ -158,9 +158,17 @@ class AppendLog:
                 row = None
             problem = "not a JSON object" if not isinstance(row, dict) else check(lineno, row) if check else None
             if problem:
-                raise DataError([DataIssue(str(self.path), lineno, None,
-                                           f"{problem}: this file is not this job's output; it was left unchanged "
-                                           "(choose another output path)")])
+                raise DataError(
+                    [
+                        DataIssue(
+                            str(self.path),
+                            lineno,
+                            None,
+                            f"{problem}: this file is not this job's output; it was left unchanged "
+                            "(choose another output path)",
+                        )
+                    ]
+                )
             rows.append(row)
         if cut != len(data):
             with self.path.open("r+b") as f:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
 from edge_kto_runtime.errors import InvalidInput
 
 
@@ -35,8 +36,10 @@ def file_digest(path: str | Path) -> str | None:
 
 def job_record(settings: dict[str, Any], inputs: dict[str, str | Path | None]) -> dict[str, Any]:
     """Settings and input digests: what a resumed run must match."""
-    return {"settings": json.loads(json.dumps(settings, default=str)),
-            "inputs": {k: file_digest(v) if v else None for k, v in inputs.items()}}
+    return {
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "inputs": {k: file_digest(v) if v else None for k, v in inputs.items()},
+    }
 
 
 def changes(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
@@ -67,5 +70,7 @@ def check_same_job(record_path: Path, current: dict[str, Any], ignore: tuple[str
         return  # an unreadable record is rewritten; the checkpoint itself is checked by its loader
     diff = changes(saved, current, ignore)
     if diff:
-        raise InvalidInput(f"{record_path.parent}: holds a run of a different job; resuming it would mix two experiments. "
-                         f"Changed: {'; '.join(diff)}. Use another output, or start over (--force / delete it).")
+        raise InvalidInput(
+            f"{record_path.parent}: holds a run of a different job; resuming it would mix two experiments. "
+            f"Changed: {'; '.join(diff)}. Use another output, or start over (--force / delete it)."
+        )

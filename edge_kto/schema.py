@@ -25,8 +25,14 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                "list": "a list", "dict": "a mapping"}.get(tp.__name__, f"a {tp.__name__} mapping")
+        return {
+            "str": "a string",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true/false",
+            "list": "a list",
+            "dict": "a mapping",
+        }.get(tp.__name__, f"a {tp.__name__} mapping")
     return str(tp).replace("typing.", "")
 
 

@@ -38,7 +38,8 @@ class WeightRange:
         return (
             f"Eq. 8 (1 <= lambda_D*n_D / (lambda_U*n_U) <= 4/3): with lambda_U=1, lambda_D in [{lo:.3f}, {hi:.3f}]; "
             f"with lambda_D=1, lambda_U in [{ulo:.3f}, {uhi:.3f}]. "
-            f"Recommended: desirable_weight={rec['desirable_weight']:.3f}, undesirable_weight={rec['undesirable_weight']:.3f}"
+            f"Recommended: desirable_weight={rec['desirable_weight']:.3f}, "
+            f"undesirable_weight={rec['undesirable_weight']:.3f}"
         )
 
 
@@ -65,8 +66,14 @@ def _percentiles(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=float)
-    return {"min": float(a.min()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
+    return {
+        "min": float(a.min()),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
 
 
 @dataclass
@@ -92,7 +99,11 @@ class DatasetStats:
         ]
         for name, d in (("prompt", self.prompt_lengths), ("completion", self.completion_lengths)):
             if d:
-                lines.append(f"  {name:<12}" + " " * (len(self.length_unit) + 3) + "  ".join(f"{d[k]:6.0f}" for k in ("min", "p50", "p90", "p99", "max")))
+                lines.append(
+                    f"  {name:<12}"
+                    + " " * (len(self.length_unit) + 3)
+                    + "  ".join(f"{d[k]:6.0f}" for k in ("min", "p50", "p90", "p99", "max"))
+                )
         lines.append(self.weights.describe())
         return "\n".join(lines)
 
@@ -106,7 +117,11 @@ def dataset_stats(path: str | Path, count_tokens: Callable[[str], int] | None = 
         sources[r.source or "unknown"] = sources.get(r.source or "unknown", 0) + 1
     n_d = sum(r.label for r in rows)
     return DatasetStats(
-        path=str(path), rows=len(rows), desirable=n_d, undesirable=len(rows) - n_d, sources=sources,
+        path=str(path),
+        rows=len(rows),
+        desirable=n_d,
+        undesirable=len(rows) - n_d,
+        sources=sources,
         length_unit="tokens" if count_tokens else "words",
         prompt_lengths=_percentiles([count(" ".join(m["content"] for m in r.prompt)) for r in rows]),
         completion_lengths=_percentiles([count(r.completion) for r in rows]),

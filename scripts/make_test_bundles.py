@@ -1,6 +1,6 @@
 """Build the bundles the runtime tests use, so they can run in a venv without torch (CI).
 
-    python scripts/make_test_bundles.py OUT_DIR     # writes OUT_DIR/tiny and OUT_DIR/smol
+python scripts/make_test_bundles.py OUT_DIR     # writes OUT_DIR/tiny and OUT_DIR/smol
 """
 
 from __future__ import annotations

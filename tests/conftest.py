@@ -64,7 +64,9 @@ HELDOUT = {
 def heldout_rows() -> list[dict]:
     rows = []
     for k, t in HELDOUT.items():
-        rows.append({"id": f"{k}-good", "prompt": t, "completion": "Hold the reset button for 10 seconds.", "label": True})
+        rows.append(
+            {"id": f"{k}-good", "prompt": t, "completion": "Hold the reset button for 10 seconds.", "label": True}
+        )
         rows.append({"id": f"{k}-bad", "prompt": t, "completion": "I do not know, sorry.", "label": False})
     return rows
 
@@ -73,16 +75,34 @@ def build_tiny_bundle(out: Path, model_dir: Path) -> Path:
     from edge_kto.export import ExportConfig, run_export
 
     golden = write_jsonl(out.parent / "heldout.jsonl", heldout_rows())
-    return run_export(ExportConfig(source=str(model_dir), out=str(out), gguf=["F32", "F16", "Q8_0", "Q4_K_M"],
-                                   golden_data=str(golden), golden_max_new_tokens=8, check=False), progress=False).bundle
+    return run_export(
+        ExportConfig(
+            source=str(model_dir),
+            out=str(out),
+            gguf=["F32", "F16", "Q8_0", "Q4_K_M"],
+            golden_data=str(golden),
+            golden_max_new_tokens=8,
+            check=False,
+        ),
+        progress=False,
+    ).bundle
 
 
 def build_smol_bundle(out: Path, hf_dir: Path) -> Path:
     from edge_kto.export import ExportConfig, run_export
 
     golden = write_jsonl(out.parent / "heldout-smol.jsonl", heldout_rows()[:4])
-    return run_export(ExportConfig(source=str(hf_dir), out=str(out), gguf=["Q4_K_M"], golden_data=str(golden),
-                                   golden_max_new_tokens=16, check=False), progress=False).bundle
+    return run_export(
+        ExportConfig(
+            source=str(hf_dir),
+            out=str(out),
+            gguf=["Q4_K_M"],
+            golden_data=str(golden),
+            golden_max_new_tokens=16,
+            check=False,
+        ),
+        progress=False,
+    ).bundle
 
 
 @pytest.fixture(scope="session")

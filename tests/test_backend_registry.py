@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from toy_backend import ANSWER
 
 from edge_kto_runtime.backends import BACKENDS, BackendSpec, backend_names, register_backend
 from edge_kto_runtime.bundle import BundleError, file_entry, open_bundle
 from edge_kto_runtime.cli import main as runtime_main
 from edge_kto_runtime.model import load
-from toy_backend import ANSWER
 
 
 @pytest.fixture
@@ -36,7 +36,9 @@ def _toy_bundle(tiny_bundle: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_toy_backend_registered_in_one_line_serves_edge_runtime_generate(toy_registered, tiny_bundle, tmp_path, capsys):
+def test_a_toy_backend_registered_in_one_line_serves_edge_runtime_generate(
+    toy_registered, tiny_bundle, tmp_path, capsys
+):
     b = _toy_bundle(tiny_bundle, tmp_path / "b")
     assert "toy" in backend_names()
     assert runtime_main(["generate", str(b), "hello", "--backend", "toy", "--max-new-tokens", "64"]) == 0

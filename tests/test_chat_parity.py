@@ -8,9 +8,19 @@ from edge_kto_runtime.chat import TemplateError, render_chat
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],
-    [{"role": "system", "content": "You are BrightNest support."}, {"role": "user", "content": "Où est le café? 😀 你好"}],
-    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}],
-    [{"role": "system", "content": "  spaces  \n\nand newlines\t"}, {"role": "user", "content": "{{ not a template }}"}],
+    [
+        {"role": "system", "content": "You are BrightNest support."},
+        {"role": "user", "content": "Où est le café? 😀 你好"},
+    ],
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3+3?"},
+    ],
+    [
+        {"role": "system", "content": "  spaces  \n\nand newlines\t"},
+        {"role": "user", "content": "{{ not a template }}"},
+    ],
 ]
 
 

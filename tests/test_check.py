@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import write_jsonl
+
 from edge_kto.check import CheckConfig, run_check
 from edge_kto.export import ExportConfig, run_export
 from edge_kto_runtime.check import kl_full, kl_topk, run_device_check
@@ -53,23 +53,44 @@ def test_top_k_kl_is_a_lower_bound_that_becomes_exact():
 
 def _heldout(tmp_path):
     rows = []
-    for i, (q, good, bad) in enumerate([
-        ("How do I reset my password?", "Go to Profile > Security and tap Reset Password.", "Unplug the fridge."),
-        ("How long does the battery last?", "About 18 months on one CR2032 coin cell.", "Forever, it never runs out."),
-        ("Can I return my hub?", "Yes, within 45 days with the receipt.", "No returns, ever."),
-        ("How do I pair the hub?", "Hold the round button for 5 seconds, then tap Devices > Add Hub.", "Shout at it."),
-    ]):
+    for i, (q, good, bad) in enumerate(
+        [
+            ("How do I reset my password?", "Go to Profile > Security and tap Reset Password.", "Unplug the fridge."),
+            (
+                "How long does the battery last?",
+                "About 18 months on one CR2032 coin cell.",
+                "Forever, it never runs out.",
+            ),
+            ("Can I return my hub?", "Yes, within 45 days with the receipt.", "No returns, ever."),
+            (
+                "How do I pair the hub?",
+                "Hold the round button for 5 seconds, then tap Devices > Add Hub.",
+                "Shout at it.",
+            ),
+        ]
+    ):
         msgs = [{"role": "user", "content": q}]
-        rows += [{"id": f"{i}g", "prompt": msgs, "completion": good, "label": True, "reference": [good.split()[0]]},
-                 {"id": f"{i}b", "prompt": msgs, "completion": bad, "label": False, "reference": [good.split()[0]]}]
+        rows += [
+            {"id": f"{i}g", "prompt": msgs, "completion": good, "label": True, "reference": [good.split()[0]]},
+            {"id": f"{i}b", "prompt": msgs, "completion": bad, "label": False, "reference": [good.split()[0]]},
+        ]
     return write_jsonl(tmp_path / "heldout.jsonl", rows)
 
 
 @pytest.mark.real_model
 def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_path, smol):
-    res = run_export(ExportConfig(source=str(smol.hf_dir), out=str(tmp_path / "b"), gguf=["Q8_0", "Q2_K"], onnx=False,
-                                  golden_data=str(_heldout(tmp_path)), golden_verifier="contains_all",
-                                  golden_max_new_tokens=32), progress=False)
+    res = run_export(
+        ExportConfig(
+            source=str(smol.hf_dir),
+            out=str(tmp_path / "b"),
+            gguf=["Q8_0", "Q2_K"],
+            onnx=False,
+            golden_data=str(_heldout(tmp_path)),
+            golden_verifier="contains_all",
+            golden_max_new_tokens=32,
+        ),
+        progress=False,
+    )
     align = res.manifest["alignment"]
     per = align["per_artifact"]
     assert per["model-q8_0.gguf"]["passed"], per["model-q8_0.gguf"]["failures"]
@@ -92,7 +113,11 @@ def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_
     swapped = tmp_path / "swapped"
     shutil.copytree(tmp_path / "b", swapped)
     m = json.loads((swapped / "manifest.json").read_text())
-    m["tokenizer"]["chat_template"] = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    m["tokenizer"]["chat_template"] = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    )
     (swapped / "manifest.json").write_text(json.dumps(m))
-    out = run_check(CheckConfig(bundle=str(swapped), reference=str(smol.hf_dir), artifacts=["model-q8_0.gguf"]), progress=False)
+    out = run_check(
+        CheckConfig(bundle=str(swapped), reference=str(smol.hf_dir), artifacts=["model-q8_0.gguf"]), progress=False
+    )
     assert not out.passed and "chat template / tokenizer" in " ".join(out.results[0]["failures"])

@@ -5,8 +5,8 @@ bug -> its traceback (a plain ValueError is not dressed up as the user's mistake
 from __future__ import annotations
 
 import pytest
-
 from conftest import free_port
+
 from edge_kto.cli import main as kto_main
 from edge_kto_runtime.cli import main as rt_main
 from edge_kto_runtime.errors import GateFailed, InvalidInput, MissingInput, ToolError, UserError, exit_code_for
@@ -34,10 +34,26 @@ def test_a_tool_failure_exits_1_with_the_tools_message(tmp_path, tiny_model_dir,
     assert capsys.readouterr().err.startswith(f"edge-runtime: failed: {url}")
     conv = tmp_path / "llama"
     conv.mkdir()
-    (conv / "convert_hf_to_gguf.py").write_text("import sys\nprint('converter exploded', file=sys.stderr)\nsys.exit(7)\n")
+    (conv / "convert_hf_to_gguf.py").write_text(
+        "import sys\nprint('converter exploded', file=sys.stderr)\nsys.exit(7)\n"
+    )
     monkeypatch.setenv("EDGE_KTO_LLAMA_CPP_DIR", str(conv))
-    assert kto_main(["export", str(tiny_model_dir), "--out", str(tmp_path / "bundle"), "--gguf", "Q8_0", "--no-onnx",
-                     "--no-check", "--quiet"]) == 1
+    assert (
+        kto_main(
+            [
+                "export",
+                str(tiny_model_dir),
+                "--out",
+                str(tmp_path / "bundle"),
+                "--gguf",
+                "Q8_0",
+                "--no-onnx",
+                "--no-check",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("edge-kto: failed: llama.cpp convert_hf_to_gguf.py failed") and "converter exploded" in err
 
@@ -51,14 +67,21 @@ def test_a_failed_gate_exits_3_on_both_sides(tiny_bundle, tiny_model_dir, tmp_pa
 
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)  # edge-kto check writes its results into the manifest
-    assert kto_main(["check", str(b), "--reference", str(tiny_model_dir), "--artifact", art, "--thresholds", str(th),
-                     "--quiet"]) == 3
+    assert (
+        kto_main(
+            ["check", str(b), "--reference", str(tiny_model_dir), "--artifact", art, "--thresholds", str(th), "--quiet"]
+        )
+        == 3
+    )
 
 
-@pytest.mark.parametrize("main,module,cmd,argv", [
-    (rt_main, "edge_kto_runtime.cli", "cmd_verify", ["verify", "x"]),
-    (kto_main, "edge_kto.cli", "cmd_models_list", ["models", "list"]),
-])
+@pytest.mark.parametrize(
+    "main,module,cmd,argv",
+    [
+        (rt_main, "edge_kto_runtime.cli", "cmd_verify", ["verify", "x"]),
+        (kto_main, "edge_kto.cli", "cmd_models_list", ["models", "list"]),
+    ],
+)
 def test_a_bug_shows_its_traceback_and_ctrl_c_exits_130(monkeypatch, capsys, main, module, cmd, argv):
     import importlib
 

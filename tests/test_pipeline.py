@@ -22,7 +22,7 @@ def _yaml(tmp_path: Path, tiny: Path, **train) -> Path:
     p.write_text(f"""
 name: capitals-test
 task: {TASK}
-out: {tmp_path / 'run'}
+out: {tmp_path / "run"}
 student: {tiny}
 teacher: {{kind: gguf, model: smollm2-135m-instruct, n_threads: 2}}
 generate: {{n: 2, temperature: 0.5, max_new_tokens: 12}}
@@ -37,8 +37,14 @@ bench: {{runs: 5, warmup: 1, n_prompt: 32, n_gen: 8}}
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_kto.cli", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_kto.cli", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kw,
+    )
 
 
 @pytest.mark.real_model
@@ -69,7 +75,10 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
 
     rep = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in rep["rows"]]
-    assert names[:3] == ["teacher (with context)", "student before", "student after KTO (fp)"] and "student after, Q8_0" in names
+    assert (
+        names[:3] == ["teacher (with context)", "student before", "student after KTO (fp)"]
+        and "student after, Q8_0" in names
+    )
     teacher = rep["rows"][0]
     assert teacher["accuracy"] >= 0.5, teacher  # SmolLM2 with the capitals list answers most of them
     assert teacher["ttft"] != "-" and rep["rows"][3]["ttft"] != "-"

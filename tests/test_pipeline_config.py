@@ -23,36 +23,42 @@ def _load(tmp_path: Path, body: str) -> PipelineConfig:
     return PipelineConfig.from_yaml(p)
 
 
-@pytest.mark.parametrize("body,where", [
-    ("generate: {temprature: 0.5}", "generate: unknown key(s) ['temprature'] (did you mean 'temperature'?)"),
-    ("generate_eval: {max_new_token: 8}", "generate_eval: unknown key(s) ['max_new_token']"),
-    ("teacher: {knd: gguf}", "teacher: unknown key(s) ['knd']"),
-    ("label: {student_sample: 1}", "label: unknown key(s) ['student_sample']"),
-    ("train: {learning_rate: 0.1}", "train: unknown key(s) ['learning_rate']"),
-    ("train: {lora: {rank: 4}}", "train: lora: unknown key(s) ['rank']"),
-    ("finish: {stpes: 3}", "finish: unknown key(s) ['stpes']"),
-    ("export: {ggfu: [Q4_0]}", "export: unknown key(s) ['ggfu']"),
-    ("evaluate: {teachr: false}", "evaluate: unknown key(s) ['teachr']"),
-    ("bench: {run: 5}", "bench: unknown key(s) ['run']"),
-    ("benhc: {runs: 5}", "unknown key(s) ['benhc']"),
-])
+@pytest.mark.parametrize(
+    "body,where",
+    [
+        ("generate: {temprature: 0.5}", "generate: unknown key(s) ['temprature'] (did you mean 'temperature'?)"),
+        ("generate_eval: {max_new_token: 8}", "generate_eval: unknown key(s) ['max_new_token']"),
+        ("teacher: {knd: gguf}", "teacher: unknown key(s) ['knd']"),
+        ("label: {student_sample: 1}", "label: unknown key(s) ['student_sample']"),
+        ("train: {learning_rate: 0.1}", "train: unknown key(s) ['learning_rate']"),
+        ("train: {lora: {rank: 4}}", "train: lora: unknown key(s) ['rank']"),
+        ("finish: {stpes: 3}", "finish: unknown key(s) ['stpes']"),
+        ("export: {ggfu: [Q4_0]}", "export: unknown key(s) ['ggfu']"),
+        ("evaluate: {teachr: false}", "evaluate: unknown key(s) ['teachr']"),
+        ("bench: {run: 5}", "bench: unknown key(s) ['run']"),
+        ("benhc: {runs: 5}", "unknown key(s) ['benhc']"),
+    ],
+)
 def test_a_typo_in_each_section_is_refused_at_load_naming_file_and_key(tmp_path, body, where):
     with pytest.raises(InvalidInput) as e:
         _load(tmp_path, body)
     assert str(e.value).startswith(f"{tmp_path / 'p.yaml'}: ") and where in str(e.value)
 
 
-@pytest.mark.parametrize("body,where", [
-    ("generate: {temperature: hot}", "generate: temperature: expected a number, got 'hot'"),
-    ("train: {batch_size: 8.5}", "train: batch_size: expected an integer"),
-    ("evaluate: {teacher: 'no'}", "evaluate: teacher: expected true/false"),
-    ("limit: ten", "limit: expected an integer or null"),
-    ("export: {gguf: [Q4_XX]}", "export: gguf candidate 'Q4_XX': unknown type"),
-    ("teacher: {kind: gguff}", "teacher: kind: one of hf, gguf, openai"),
-    ("finish: {steps: 0}", "finish: invalid finish config"),
-    ("train: {data: other.jsonl}", "train: data: set by the pipeline"),
-    ("export: 3", "export: expected a mapping of ExportConfig fields"),
-])
+@pytest.mark.parametrize(
+    "body,where",
+    [
+        ("generate: {temperature: hot}", "generate: temperature: expected a number, got 'hot'"),
+        ("train: {batch_size: 8.5}", "train: batch_size: expected an integer"),
+        ("evaluate: {teacher: 'no'}", "evaluate: teacher: expected true/false"),
+        ("limit: ten", "limit: expected an integer or null"),
+        ("export: {gguf: [Q4_XX]}", "export: gguf candidate 'Q4_XX': unknown type"),
+        ("teacher: {kind: gguff}", "teacher: kind: one of hf, gguf, openai"),
+        ("finish: {steps: 0}", "finish: invalid finish config"),
+        ("train: {data: other.jsonl}", "train: data: set by the pipeline"),
+        ("export: 3", "export: expected a mapping of ExportConfig fields"),
+    ],
+)
 def test_wrong_types_values_and_pipeline_owned_fields_are_refused_at_load(tmp_path, body, where):
     with pytest.raises(InvalidInput, match=None) as e:
         _load(tmp_path, body)
@@ -89,12 +95,15 @@ def test_label_eval_key_follows_generate_max_new_tokens(tmp_path):
     assert {"label_eval", "label", "generate"} <= changed and "generate_eval" not in changed
 
 
-@pytest.mark.parametrize("change,first,untouched", [
-    ("bench: {runs: 7}", "bench", {"generate", "label", "train", "export", "evaluate"}),
-    ("evaluate: {max_new_tokens: 9}", "evaluate", {"train", "export", "bench"}),
-    ("export: {golden_limit: 5}", "export", {"train", "label_eval"}),
-    ("label: {eval_student_samples: 3}", "label_eval", {"label", "train", "generate_eval"}),
-])
+@pytest.mark.parametrize(
+    "change,first,untouched",
+    [
+        ("bench: {runs: 7}", "bench", {"generate", "label", "train", "export", "evaluate"}),
+        ("evaluate: {max_new_tokens: 9}", "evaluate", {"train", "export", "bench"}),
+        ("export: {golden_limit: 5}", "export", {"train", "label_eval"}),
+        ("label: {eval_student_samples: 3}", "label_eval", {"label", "train", "generate_eval"}),
+    ],
+)
 def test_a_setting_reruns_the_stage_that_reads_it_and_those_after_only(tmp_path, change, first, untouched):
     changed = _changed(tmp_path, "", change)
     assert first in changed and not (changed & untouched), changed

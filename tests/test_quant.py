@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import heldout_rows, write_jsonl
 
 from edge_kto.export import ExportConfig, run_export
@@ -30,8 +29,15 @@ from edge_kto.finish import FinishConfig, check_on_grid, run_finish
 from edge_kto.quant.fake import fake_quantize, q4_0_dequantized
 from edge_kto.quant.imatrix import ImatrixError, compute_imatrix, read_imatrix, write_imatrix
 
-LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+LINEARS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +48,30 @@ def kto_rows(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_model_dir, kto_rows) -> Path:
     out = tmp_path_factory.mktemp("finish") / "fin"
-    run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=4, batch_size=4,
-                            save_steps=2, lr=1e-3), progress=False)
+    run_finish(
+        FinishConfig(
+            source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=4, batch_size=4, save_steps=2, lr=1e-3
+        ),
+        progress=False,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def finished_bundle(tmp_path_factory, finished, kto_rows) -> Path:
     out = tmp_path_factory.mktemp("finbundle") / "b"
-    return run_export(ExportConfig(source=str(finished), out=str(out), gguf=["Q4_0"], onnx=[{"accuracy_level": 1}],
-                                   golden_data=str(kto_rows), golden_max_new_tokens=8, check=False), progress=False).bundle
+    return run_export(
+        ExportConfig(
+            source=str(finished),
+            out=str(out),
+            gguf=["Q4_0"],
+            onnx=[{"accuracy_level": 1}],
+            golden_data=str(kto_rows),
+            golden_max_new_tokens=8,
+            check=False,
+        ),
+        progress=False,
+    ).bundle
 
 
 def _finished_weights(finished: Path) -> dict[str, torch.Tensor]:
@@ -148,12 +168,20 @@ def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle
     inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1")
     for layer in range(2):
         pre = f"model.layers.{layer}"
-        qkv = _unpack_int4(inits[f"{pre}.attn.qkv_proj.MatMul.weight_Q4"], inits[f"{pre}.attn.qkv_proj.MatMul.weight_scales"])
+        qkv = _unpack_int4(
+            inits[f"{pre}.attn.qkv_proj.MatMul.weight_Q4"], inits[f"{pre}.attn.qkv_proj.MatMul.weight_scales"]
+        )
         want = np.concatenate([hf[f"{pre}.self_attn.{p}_proj.weight"].numpy() for p in "qkv"])
         assert np.abs(qkv - want).max() == 0.0
-        for onnx_name, hf_name in (("attn.o_proj", "self_attn.o_proj"), ("mlp.gate_proj", "mlp.gate_proj"),
-                                   ("mlp.up_proj", "mlp.up_proj"), ("mlp.down_proj", "mlp.down_proj")):
-            got = _unpack_int4(inits[f"{pre}.{onnx_name}.MatMul.weight_Q4"], inits[f"{pre}.{onnx_name}.MatMul.weight_scales"])
+        for onnx_name, hf_name in (
+            ("attn.o_proj", "self_attn.o_proj"),
+            ("mlp.gate_proj", "mlp.gate_proj"),
+            ("mlp.up_proj", "mlp.up_proj"),
+            ("mlp.down_proj", "mlp.down_proj"),
+        ):
+            got = _unpack_int4(
+                inits[f"{pre}.{onnx_name}.MatMul.weight_Q4"], inits[f"{pre}.{onnx_name}.MatMul.weight_scales"]
+            )
             assert np.abs(got - hf[f"{pre}.{hf_name}.weight"].numpy()).max() == 0.0, onnx_name
 
 
@@ -193,7 +221,9 @@ def test_imatrix_round_trip_and_refusals(tmp_path, tiny_model_dir, smol_tokenize
     assert len(im.sums) == 14 and im.tokens == sum(len(s) for s in seqs)
     # The first layer's q input is the normed embedding: recompute its per-column sum of x² by hand.
     with torch.no_grad():
-        h = torch.cat([model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor([q])))[0] for q in seqs])
+        h = torch.cat(
+            [model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor([q])))[0] for q in seqs]
+        )
     np.testing.assert_allclose(im.sums["blk.0.attn_q.weight"], (h.double() ** 2).sum(0).numpy(), rtol=1e-5)
     assert im.counts["blk.0.attn_q.weight"] == h.shape[0]
     path = write_imatrix(im, tmp_path / "im.gguf")
@@ -224,9 +254,13 @@ def test_imatrix_and_tensor_overrides_reach_llama_cpp(tmp_path, tiny_model_dir, 
     quantize_gguf(base, weighted, "Q4_0", pure=True, imatrix=im.means(), tensor_types={"ffn_down": "Q8_0"})
     a = {t.name: t for t in GGUFReader(str(plain)).tensors}
     b = {t.name: t for t in GGUFReader(str(weighted)).tensors}
-    assert b["blk.0.ffn_down.weight"].tensor_type.name == "Q8_0" and a["blk.0.ffn_down.weight"].tensor_type.name == "Q4_0"
+    assert (
+        b["blk.0.ffn_down.weight"].tensor_type.name == "Q8_0" and a["blk.0.ffn_down.weight"].tensor_type.name == "Q4_0"
+    )
     assert b["blk.0.attn_q.weight"].tensor_type.name == "Q4_0"
-    assert not np.array_equal(a["blk.0.attn_q.weight"].data, b["blk.0.attn_q.weight"].data)  # the imatrix changed the rounding
+    assert not np.array_equal(
+        a["blk.0.attn_q.weight"].data, b["blk.0.attn_q.weight"].data
+    )  # the imatrix changed the rounding
     with pytest.raises(ValueError, match=r"regex 'ffn_dwn' matches no tensor"):
         quantize_gguf(base, tmp_path / "x.gguf", "Q4_0", tensor_types={"ffn_dwn": "Q8_0"})
 
@@ -263,21 +297,42 @@ def test_near_miss_breaks_exactly_one_fact():
 
 
 def test_choose_keeps_smallest_passing_else_best_failing():
-    arts = [{"path": "a.gguf", "backend": "llama.cpp", "bytes": 300}, {"path": "b.gguf", "backend": "llama.cpp", "bytes": 100},
-            {"path": "c.gguf", "backend": "llama.cpp", "bytes": 200}, {"path": "o1/", "backend": "onnxruntime-genai", "bytes": 50},
-            {"path": "o2/", "backend": "onnxruntime-genai", "bytes": 80}]
-    per = {"a.gguf": {"passed": True}, "b.gguf": {"passed": False}, "c.gguf": {"passed": True},
-           "o1/": {"passed": False, "task_retention": 0.5, "kld_mean": 0.3},
-           "o2/": {"passed": False, "task_retention": 0.9, "kld_mean": 0.4}}
+    arts = [
+        {"path": "a.gguf", "backend": "llama.cpp", "bytes": 300},
+        {"path": "b.gguf", "backend": "llama.cpp", "bytes": 100},
+        {"path": "c.gguf", "backend": "llama.cpp", "bytes": 200},
+        {"path": "o1/", "backend": "onnxruntime-genai", "bytes": 50},
+        {"path": "o2/", "backend": "onnxruntime-genai", "bytes": 80},
+    ]
+    per = {
+        "a.gguf": {"passed": True},
+        "b.gguf": {"passed": False},
+        "c.gguf": {"passed": True},
+        "o1/": {"passed": False, "task_retention": 0.5, "kld_mean": 0.3},
+        "o2/": {"passed": False, "task_retention": 0.9, "kld_mean": 0.4},
+    }
     assert [a["path"] for a in choose(arts, per)] == ["c.gguf", "o2/"]
 
 
 def test_export_selects_smallest_passing_and_reports_when_none_passes(tmp_path, tiny_model_dir, kto_rows):
-    common = dict(source=str(tiny_model_dir), gguf=["F16", "Q8_0", "Q4_0"], onnx=False, golden_data=str(kto_rows),
-                  golden_max_new_tokens=8, golden_limit=4, select="smallest-passing")
+    common = dict(
+        source=str(tiny_model_dir),
+        gguf=["F16", "Q8_0", "Q4_0"],
+        onnx=False,
+        golden_data=str(kto_rows),
+        golden_max_new_tokens=8,
+        golden_limit=4,
+        select="smallest-passing",
+    )
     # Q4_0 of a random tiny model drifts far; Q8_0 and F16 stay close: the smallest of those two is kept.
-    res = run_export(ExportConfig(out=str(tmp_path / "b1"), thresholds={"kld_mean_max": 0.02, "top1_min": 0.5,
-                                                                        "pref_agree_min": 0.0}, **common), progress=False)
+    res = run_export(
+        ExportConfig(
+            out=str(tmp_path / "b1"),
+            thresholds={"kld_mean_max": 0.02, "top1_min": 0.5, "pref_agree_min": 0.0},
+            **common,
+        ),
+        progress=False,
+    )
     sel = res.manifest["selection"]
     per = {c["path"]: c for c in sel["candidates"]}
     passing = sorted((c for c in sel["candidates"] if c["passed"]), key=lambda c: c["bytes"])
@@ -288,21 +343,42 @@ def test_export_selects_smallest_passing_and_reports_when_none_passes(tmp_path, 
     assert all(per[p]["kld_mean"] is not None for p in per)
     assert "Selection: smallest passing" in (res.bundle / "alignment.md").read_text()
     # Impossible thresholds: nothing passes -> the bundle says so (passed: false), the CLI exits 3.
-    res2 = run_export(ExportConfig(out=str(tmp_path / "b2"), thresholds={"kld_mean_max": -1.0}, **common), progress=False)
+    res2 = run_export(
+        ExportConfig(out=str(tmp_path / "b2"), thresholds={"kld_mean_max": -1.0}, **common), progress=False
+    )
     assert not res2.alignment.passed and res2.manifest["alignment"]["passed"] is False
     assert len(res2.manifest["artifacts"]) == 1
     assert "No candidate passed the gate" in (res2.bundle / "alignment.md").read_text()
     # A failing export never replaces a good bundle: it is left beside it as NAME.failed.
-    res3 = run_export(ExportConfig(out=str(tmp_path / "b1"), force=True, thresholds={"kld_mean_max": -1.0}, **common),
-                      progress=False)
+    res3 = run_export(
+        ExportConfig(out=str(tmp_path / "b1"), force=True, thresholds={"kld_mean_max": -1.0}, **common), progress=False
+    )
     assert res3.bundle == tmp_path / "b1.failed" and (tmp_path / "b1" / "manifest.json").is_file()
     assert json.loads((tmp_path / "b1" / "manifest.json").read_text())["alignment"]["passed"] is True
 
 
 def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "edge_kto.cli", "finish", str(tiny_model_dir), "--data", str(kto_rows), "--out", str(out),
-                "--steps", "40", "--batch-size", "4", "--save-steps", "3", "--lr", "1e-3", "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "edge_kto.cli",
+            "finish",
+            str(tiny_model_dir),
+            "--data",
+            str(kto_rows),
+            "--out",
+            str(out),
+            "--steps",
+            "40",
+            "--batch-size",
+            "4",
+            "--save-steps",
+            "3",
+            "--lr",
+            "1e-3",
+            "--quiet",
+        ]
 
     p = subprocess.Popen(cmd(tmp_path / "killed"))
     deadline = time.time() + 120
@@ -325,14 +401,28 @@ def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     torch.save({"step": 3}, other / "checkpoints" / "step-3" / "state.pt")
     (other / "job.json").write_text(json.dumps({"settings": {"lr": 0.5, "steps": 40}}))
     with pytest.raises(ValueError, match="different job.*Changed: lr"):
-        run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(other), steps=40, lr=1e-3,
-                                batch_size=4), progress=False)
+        run_finish(
+            FinishConfig(
+                source=str(tiny_model_dir), data=str(kto_rows), out=str(other), steps=40, lr=1e-3, batch_size=4
+            ),
+            progress=False,
+        )
 
 
 def test_on_policy_finishing_adds_the_fp_students_own_answers_as_kl_rows(tmp_path, tiny_model_dir, kto_rows, finished):
     out = tmp_path / "op"
-    res = run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=2, batch_size=4,
-                                  on_policy=True, on_policy_max_new_tokens=6), progress=False)
+    res = run_finish(
+        FinishConfig(
+            source=str(tiny_model_dir),
+            data=str(kto_rows),
+            out=str(out),
+            steps=2,
+            batch_size=4,
+            on_policy=True,
+            on_policy_max_new_tokens=6,
+        ),
+        progress=False,
+    )
     cached = [json.loads(x) for x in (out / "on_policy.jsonl").read_text().split("\n") if x.strip()]
     n_prompts = len({json.dumps(r["prompt"]) for r in heldout_rows()})  # the longest does not fit max_length
     assert n_prompts - 1 <= len(cached) <= n_prompts and all(0 < len(r["completion_ids"]) <= 6 for r in cached)
@@ -348,12 +438,26 @@ def test_mixed_finishing_keeps_sensitive_projections_8bit_and_the_rest_exact(tmp
     from gguf.quants import dequantize
 
     fin = tmp_path / "mixed"
-    run_finish(FinishConfig(source=str(tiny_model_dir), data=str(kto_rows), out=str(fin), steps=2, batch_size=4,
-                            lr=1e-3, mixed=True), progress=False)
+    run_finish(
+        FinishConfig(
+            source=str(tiny_model_dir), data=str(kto_rows), out=str(fin), steps=2, batch_size=4, lr=1e-3, mixed=True
+        ),
+        progress=False,
+    )
     rep = json.loads((fin / "finish_report.json").read_text())
     assert rep["mixed_8bit"]["layers"] == [0] and rep["linears"] == 10  # of 2 layers, layer 0's q/k/v/down stay 8-bit
-    b = run_export(ExportConfig(source=str(fin), out=str(tmp_path / "b"), gguf=["Q4_0"], onnx=[{"accuracy_level": 1}],
-                                golden_data=str(kto_rows), golden_max_new_tokens=4, check=False), progress=False).bundle
+    b = run_export(
+        ExportConfig(
+            source=str(fin),
+            out=str(tmp_path / "b"),
+            gguf=["Q4_0"],
+            onnx=[{"accuracy_level": 1}],
+            golden_data=str(kto_rows),
+            golden_max_new_tokens=4,
+            check=False,
+        ),
+        progress=False,
+    ).bundle
     hf = _finished_weights(fin)
     cfg = json.loads((fin / "model" / "config.json").read_text())
     heads = {"attn_q": cfg["num_attention_heads"], "attn_k": cfg["num_key_value_heads"]}
@@ -370,7 +474,9 @@ def test_mixed_finishing_keeps_sensitive_projections_8bit_and_the_rest_exact(tmp
     eight = {"attn_q", "attn_k", "attn_v", "ffn_down"}
     assert types == {(str(i), n): "Q8_0" if i == 0 and n in eight else "Q4_0" for i in range(2) for n in LINEARS}
     inits = _onnx_initializers(b / "onnx-int4-acc1-int8layers")
-    got = _unpack_int4(inits["model.layers.0.mlp.up_proj.MatMul.weight_Q4"], inits["model.layers.0.mlp.up_proj.MatMul.weight_scales"])
+    got = _unpack_int4(
+        inits["model.layers.0.mlp.up_proj.MatMul.weight_Q4"], inits["model.layers.0.mlp.up_proj.MatMul.weight_scales"]
+    )
     assert np.abs(got - hf["model.layers.0.mlp.up_proj.weight"].numpy()).max() == 0.0
     assert "model.layers.0.mlp.down_proj.MatMul.weight_Q4" not in inits  # int8, not int4
 
@@ -379,8 +485,10 @@ def test_export_config_yaml_maps_onto_export_config(tmp_path):
     from edge_kto.cli import _export_yaml
 
     good = tmp_path / "export.yaml"
-    good.write_text("export: {gguf: [Q4_0, {type: IQ4_NL, imatrix: true}], onnx: [{accuracy_level: 1}], "
-                    "select: smallest-passing, golden_limit: 80}\n")
+    good.write_text(
+        "export: {gguf: [Q4_0, {type: IQ4_NL, imatrix: true}], onnx: [{accuracy_level: 1}], "
+        "select: smallest-passing, golden_limit: 80}\n"
+    )
     d = _export_yaml(str(good))
     cfg = ExportConfig(source="s", out="o", **d)
     gg, ox = cfg.candidates()

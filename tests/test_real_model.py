@@ -21,24 +21,63 @@ def _cli(*args: str) -> str:
 def test_generate_and_label_on_real_smollm2(tmp_path, smol):
     task = tmp_path / "capitals"
     task.mkdir()
-    (task / "task.json").write_text(json.dumps({
-        "name": "capitals", "verifier": "contains_all", "system": "Answer in one short sentence.",
-        "teacher_context": "Reference facts: France -> Paris; Japan -> Tokyo; Italy -> Rome; Egypt -> Cairo."}))
-    qs = [("fr", "What is the capital of France?", "Paris"), ("jp", "What is the capital of Japan?", "Tokyo"),
-          ("it", "What is the capital of Italy?", "Rome"), ("eg", "What is the capital of Egypt?", "Cairo")]
+    (task / "task.json").write_text(
+        json.dumps(
+            {
+                "name": "capitals",
+                "verifier": "contains_all",
+                "system": "Answer in one short sentence.",
+                "teacher_context": "Reference facts: France -> Paris; Japan -> Tokyo; Italy -> Rome; Egypt -> Cairo.",
+            }
+        )
+    )
+    qs = [
+        ("fr", "What is the capital of France?", "Paris"),
+        ("jp", "What is the capital of Japan?", "Tokyo"),
+        ("it", "What is the capital of Italy?", "Rome"),
+        ("eg", "What is the capital of Egypt?", "Cairo"),
+    ]
     write_jsonl(task / "train.jsonl", [{"id": i, "prompt": q, "reference": [a]} for i, q, a in qs])
-    write_jsonl(task / "eval.jsonl", [{"id": "de", "prompt": "Which city is Germany's capital?", "reference": ["Berlin"]}])
+    write_jsonl(
+        task / "eval.jsonl", [{"id": "de", "prompt": "Which city is Germany's capital?", "reference": ["Berlin"]}]
+    )
 
     cands, kto = tmp_path / "candidates.jsonl", tmp_path / "kto.jsonl"
-    out = _cli("generate", str(task), "--out", str(cands), "--kind", "gguf", "--model", str(smol.gguf),
-               "-n", "3", "--temperature", "0.9", "--max-new-tokens", "32", "--threads", "2")
+    out = _cli(
+        "generate",
+        str(task),
+        "--out",
+        str(cands),
+        "--kind",
+        "gguf",
+        "--model",
+        str(smol.gguf),
+        "-n",
+        "3",
+        "--temperature",
+        "0.9",
+        "--max-new-tokens",
+        "32",
+        "--threads",
+        "2",
+    )
     assert "wrote 12 samples" in out
     rows = [json.loads(x) for x in cands.read_text().splitlines()]
     assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
     assert all("Reference facts" not in json.dumps(r["prompt"]) for r in rows)
 
-    out = _cli("label", str(cands), "--out", str(kto), "--student", str(smol.hf_dir), "--student-n", "1",
-               "--max-new-tokens", "24")
+    out = _cli(
+        "label",
+        str(cands),
+        "--out",
+        str(kto),
+        "--student",
+        str(smol.hf_dir),
+        "--student-n",
+        "1",
+        "--max-new-tokens",
+        "24",
+    )
     labeled = [json.loads(x) for x in kto.read_text().splitlines()]
     summary = json.loads(kto.with_suffix(".summary.json").read_text())
     assert summary["rows"] == len(labeled) >= 8

@@ -23,7 +23,9 @@ def test_percentiles_and_summary_match_numpy():
         for q in (0, 1, 50, 90, 99, 99.9, 100):
             assert percentile(xs, q) == pytest.approx(np.percentile(xs, q), rel=1e-12, abs=1e-15)
         s = summarize(xs, ci=False)
-        assert s["mean"] == pytest.approx(np.mean(xs)) and s["stddev"] == pytest.approx(np.std(xs, ddof=1) if n > 1 else 0.0)
+        assert s["mean"] == pytest.approx(np.mean(xs)) and s["stddev"] == pytest.approx(
+            np.std(xs, ddof=1) if n > 1 else 0.0
+        )
 
 
 def test_shared_fixture_cases_hold():
@@ -54,9 +56,34 @@ def test_drift_and_min_runs():
 def test_bench_cli_on_a_tiny_bundle_writes_json_markdown_and_png(tiny_bundle, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
-    p = subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "bench", str(tiny_bundle), "--compare",
-                        "--artifact", "model-q8_0.gguf", "--artifact", "onnx-int4/", "--runs", "12", "--warmup", "2",
-                        "--n-prompt", "24", "--n-gen", "8", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_kto_runtime.cli",
+            "bench",
+            str(tiny_bundle),
+            "--compare",
+            "--artifact",
+            "model-q8_0.gguf",
+            "--artifact",
+            "onnx-int4/",
+            "--runs",
+            "12",
+            "--warmup",
+            "2",
+            "--n-prompt",
+            "24",
+            "--n-gen",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     rep = json.loads((out / "bench.json").read_text())
     assert rep["n_prompt"] == 24 and rep["n_gen"] == 8 and rep["n_threads"] >= 1 and rep["peak_rss_mb"] > 0
@@ -77,18 +104,30 @@ def test_bench_cli_on_a_tiny_bundle_writes_json_markdown_and_png(tiny_bundle, tm
 def test_prefix_cache_cuts_ttft_for_a_turn_after_the_system_prompt(smol_bundle, tmp_path):
     from edge_kto_runtime.bench import BenchConfig, run_bench
 
-    base = dict(bundle=str(smol_bundle), artifacts=["model-q4_k_m.gguf"], n_prompt=128, n_turn=32, n_gen=4, runs=15,
-                warmup=2, prefix_cache=True)
+    base = dict(
+        bundle=str(smol_bundle),
+        artifacts=["model-q4_k_m.gguf"],
+        n_prompt=128,
+        n_turn=32,
+        n_gen=4,
+        runs=15,
+        warmup=2,
+        prefix_cache=True,
+    )
     cached = run_bench(BenchConfig(**base, prefix_state=str(tmp_path / "sys.state")), progress=False)["results"][0]
     assert any(tmp_path.glob("sys-*.state")), "the system prompt's KV state was persisted"
     uncached = run_bench(BenchConfig(**{**base, "prefix_cache": False, "n_prompt": 160}), progress=False)["results"][0]
-    assert cached["ttft_s"]["p50"] < 0.6 * uncached["ttft_s"]["p50"], (cached["ttft_s"]["p50"], uncached["ttft_s"]["p50"])
+    assert cached["ttft_s"]["p50"] < 0.6 * uncached["ttft_s"]["p50"], (
+        cached["ttft_s"]["p50"],
+        uncached["ttft_s"]["p50"],
+    )
 
 
 def test_bench_url_measures_a_running_server_over_sse(tiny_bundle, tmp_path):
     import threading
 
     from conftest import free_port
+
     from edge_kto_runtime import load
     from edge_kto_runtime.serve import ServeConfig, serve
 
@@ -97,9 +136,29 @@ def test_bench_url_measures_a_running_server_over_sse(tiny_bundle, tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     out = tmp_path / "url"
     try:
-        p = subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "bench", "--url",
-                            f"http://127.0.0.1:{srv.server_address[1]}/v1", "--runs", "6", "--warmup", "1", "--n-prompt", "20",
-                            "--n-gen", "6", "--out", str(out)], capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_kto_runtime.cli",
+                "bench",
+                "--url",
+                f"http://127.0.0.1:{srv.server_address[1]}/v1",
+                "--runs",
+                "6",
+                "--warmup",
+                "1",
+                "--n-prompt",
+                "20",
+                "--n-gen",
+                "6",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         srv.shutdown()
         srv.server_close()

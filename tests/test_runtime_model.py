@@ -164,6 +164,14 @@ def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, 
     store = FeedbackStore(db)
     rows = {r["id"]: r for r in store.rows()}
     store.close()
-    assert rows[good.request_id]["label"] is True and rows[good.request_id]["prompt"] == [{"role": "user", "content": "hi"}]
-    assert rows[bad.request_id] == {"id": bad.request_id, "prompt": "hi", "completion": bad.text, "label": False,
-                                    "source": "device", "model": rows[bad.request_id]["model"]}
+    assert rows[good.request_id]["label"] is True and rows[good.request_id]["prompt"] == [
+        {"role": "user", "content": "hi"}
+    ]
+    assert rows[bad.request_id] == {
+        "id": bad.request_id,
+        "prompt": "hi",
+        "completion": bad.text,
+        "label": False,
+        "source": "device",
+        "model": rows[bad.request_id]["model"],
+    }

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
+
 from edge_kto_runtime import load
 from edge_kto_runtime.feedback import FeedbackStore
 from edge_kto_runtime.serve import ServeConfig, serve
@@ -77,7 +77,9 @@ def test_limits_and_errors_are_clear_4xx(server):
     base, _ = server
     r = httpx.post(f"{base}/v1/chat/completions", json={"messages": MSG, "max_tokens": 10_000})
     assert r.status_code == 400 and "cap" in r.json()["error"]["message"]
-    r = httpx.post(f"{base}/v1/chat/completions", content=b"x" * (65 * 1024), headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{base}/v1/chat/completions", content=b"x" * (65 * 1024), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413
     r = httpx.post(f"{base}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
@@ -112,7 +114,9 @@ def test_load_200_requests_8_concurrent_zero_errors(server):
         body = {"messages": [{"role": "user", "content": f"request {i}"}], "max_tokens": 4, "stream": stream}
         with httpx.Client(timeout=60) as c:
             r = c.post(f"{base}/v1/chat/completions", json=body)
-            ok = r.status_code == 200 and (b"[DONE]" in r.content if stream else r.json()["usage"]["completion_tokens"] == 4)
+            ok = r.status_code == 200 and (
+                b"[DONE]" in r.content if stream else r.json()["usage"]["completion_tokens"] == 4
+            )
             return 0 if ok else 1
 
     t = time.perf_counter()
@@ -127,23 +131,30 @@ def test_feedback_round_trip_to_kto_rows_train_accepts(server, tmp_path):
     base, db = server
     ids = []
     for good in (True, False, True):
-        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                            "max_tokens": 3}).json()
+        r = httpx.post(
+            f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        ).json()
         ids.append(r["id"])
         assert httpx.post(f"{base}/v1/feedback", json={"request_id": r["id"], "good": good, "note": "t"}).json()["ok"]
     assert httpx.post(f"{base}/v1/feedback", json={"request_id": "nope", "good": True}).status_code == 404
     assert httpx.post(f"{base}/v1/feedback", json={"request_id": ids[0], "good": "yes"}).status_code == 400
     out = tmp_path / "kto.jsonl"
-    p = subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "edge_kto_runtime.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     blank = [x for x in lines if not x["completion"].strip()]
     assert not blank and "blank completion" in p.stdout  # the tiny model answers chats with newlines: left out
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 3}).json()  # "hihihi"
     assert httpx.post(f"{base}/v1/feedback", json={"request_id": r["id"], "good": True}).json()["ok"]
-    subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "edge_kto_runtime.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     rows = read_kto(out)
     assert [x.id for x in rows] == [r["id"]] and rows[0].label is True and rows[0].source == "device"
     assert rows[0].prompt == [{"role": "user", "content": "hi"}] and rows[0].completion == "hihihi"
@@ -160,7 +171,9 @@ def test_schemathesis_bounded_run_against_the_spec(server):
         operation = op.ok()
 
         # derandomize: the same bounded set of examples on every CI run (no flaky discoveries mid-merge)
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+        )
         @given(case=operation.as_strategy())
         def run(case):
             resp = case.call(base_url=base, timeout=60)
@@ -175,9 +188,26 @@ def test_schemathesis_bounded_run_against_the_spec(server):
 def test_feedback_db_survives_kill_9_mid_writes(tiny_bundle, tmp_path):
     db = tmp_path / "fb.sqlite"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edge_kto_runtime.cli", "serve", str(tiny_bundle), "--port", str(port),
-                             "--artifact", "model-q8_0.gguf", "--feedback-db", str(db), "--max-tokens-cap", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_kto_runtime.cli",
+            "serve",
+            str(tiny_bundle),
+            "--port",
+            str(port),
+            "--artifact",
+            "model-q8_0.gguf",
+            "--feedback-db",
+            str(db),
+            "--max-tokens-cap",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

@@ -47,7 +47,9 @@ def test_chat_render_fixture_is_what_the_runtime_renders():
     doc = json.loads((FIXTURES / "chat_render.json").read_text(encoding="utf-8"))
     assert len(doc["cases"]) == 8
     for case in doc["cases"]:
-        assert render_chat(doc["templates"][case["template"]], case["messages"], True) == case["text"], case["conversation"]
+        assert render_chat(doc["templates"][case["template"]], case["messages"], True) == case["text"], case[
+            "conversation"
+        ]
 
 
 def test_feedback_schema_fixture_is_the_runtime_schema():

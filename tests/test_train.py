@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import free_port, write_jsonl
+
 from edge_kto.train import TrainConfig, run_train
 from edge_kto.train.recipe import finish_training, setup_training, train_loop
 
@@ -27,9 +27,14 @@ def _arith_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         a, b = rng.randint(1, 30), rng.randint(1, 30)
         good = i % 2 == 0
-        rows.append({"id": f"r{i}", "prompt": f"What is {a} plus {b}?",
-                     "completion": f"{a} plus {b} is {a + b}." if good else f"Hmm, maybe {a * b + 3}? Not sure at all.",
-                     "label": good})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "prompt": f"What is {a} plus {b}?",
+                "completion": f"{a} plus {b} is {a + b}." if good else f"Hmm, maybe {a * b + 3}? Not sure at all.",
+                "label": good,
+            }
+        )
     return rows
 
 
@@ -39,8 +44,17 @@ def data(tmp_path) -> Path:
 
 
 def _cfg(tmp_path: Path, model: Path, data: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data), model=str(model), out=str(tmp_path / "run"), batch_size=8, max_steps=4, lr=1e-3,
-                warmup_ratio=0.0, cache_dir=str(tmp_path / "refcache"), plot=False)
+    base = dict(
+        data=str(data),
+        model=str(model),
+        out=str(tmp_path / "run"),
+        batch_size=8,
+        max_steps=4,
+        lr=1e-3,
+        warmup_ratio=0.0,
+        cache_dir=str(tmp_path / "refcache"),
+        plot=False,
+    )
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -57,8 +71,17 @@ def _adapter(run: Path) -> dict[str, torch.Tensor]:
 
 def _cli(*args: str, env_extra: dict | None = None, torchrun: int = 0) -> list[str]:
     if torchrun:
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--master_addr=127.0.0.1",
-                f"--master_port={free_port()}", "-m", "edge_kto.cli", *args]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={torchrun}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "edge_kto.cli",
+            *args,
+        ]
     return [sys.executable, "-m", "edge_kto.cli", *args]
 
 
@@ -72,12 +95,30 @@ def test_run_folder_holds_adapter_merged_model_metrics_and_curves(tmp_path, tiny
 
     res = run_train(_cfg(tmp_path, tiny_model_dir, data, plot=True), progress=False)
     run = res.run_dir
-    assert {p.name for p in run.iterdir()} >= {"adapter", "model", "metrics.jsonl", "curves.png", "config.json", "train_report.json"}
+    assert {p.name for p in run.iterdir()} >= {
+        "adapter",
+        "model",
+        "metrics.jsonl",
+        "curves.png",
+        "config.json",
+        "train_report.json",
+    }
     assert (run / "curves.png").stat().st_size > 10_000
     rows = _metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    for k in ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
-              "lr", "samples/s", "tokens/s", "grad_norm"):
+    for k in (
+        "loss",
+        "kl",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "lr",
+        "samples/s",
+        "tokens/s",
+        "grad_norm",
+    ):
         assert all(isinstance(r[k], float) for r in rows), k
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["beta"] == 0.1 and cfg["lora"]["r"] == 8 and cfg["world_size"] == 1
@@ -87,7 +128,9 @@ def test_run_folder_holds_adapter_merged_model_metrics_and_curves(tmp_path, tiny
     # The merged model equals base + adapter, and carries the tokenizer with its chat template.
     ids = torch.tensor([[1, 520, 3300, 2045, 28, 30, 9, 17]])
     merged = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), run / "adapter")
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), run / "adapter"
+    )
     with torch.no_grad():
         a, b = merged(ids).logits, with_adapter(ids).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(ids).logits
@@ -123,12 +166,31 @@ def test_learning_raises_margin_and_desirable_logps(tmp_path, tiny_model_dir, da
 
 
 def test_two_processes_give_the_same_z0_loss_and_adapter_as_one(tmp_path, tiny_model_dir, data):
-    common = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--batch-size", "8", "--max-steps", "6",
-              "--lr", "3e-3", "--warmup-ratio", "0", "--quiet"]
+    common = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "6",
+        "--lr",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--quiet",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     for out, n in ((one, 0), (two, 2)):
-        p = subprocess.run(_cli(*common, "--out", str(out), "--cache-dir", str(out) + "-cache", torchrun=n),
-                           env=_env(), capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            _cli(*common, "--out", str(out), "--cache-dir", str(out) + "-cache", torchrun=n),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     m1, m2 = _metrics(one), _metrics(two)
@@ -182,12 +244,33 @@ def test_z0_and_loss_across_two_gloo_processes_equal_one_process_on_the_union():
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, data):
     steps, every = 40, 4
-    straight = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "straight"), max_steps=steps,
-                              save_steps=every), progress=False)
+    straight = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "straight"), max_steps=steps, save_steps=every),
+        progress=False,
+    )
     out = tmp_path / "killed"
-    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--batch-size", "8",
-            "--max-steps", str(steps), "--lr", "1e-3", "--warmup-ratio", "0", "--save-steps", str(every),
-            "--cache-dir", str(tmp_path / "refcache"), "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "1e-3",
+        "--warmup-ratio",
+        "0",
+        "--save-steps",
+        str(every),
+        "--cache-dir",
+        str(tmp_path / "refcache"),
+        "--quiet",
+    ]
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (out / "checkpoints" / "step-0000008").exists():
@@ -209,7 +292,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_di
 
 def test_precomputed_reference_equals_the_live_reference_and_is_cached(tmp_path, tiny_model_dir, data):
     pre = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "pre")), progress=False)
-    live = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "live"), precompute_ref=False), progress=False)
+    live = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "live"), precompute_ref=False), progress=False
+    )
     again = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "again")), progress=False)
     assert pre.report["reference"]["cached"] is False and again.report["reference"]["cached"] is True
     for a, b, c in zip(_metrics(pre.run_dir), _metrics(live.run_dir), _metrics(again.run_dir)):
@@ -219,11 +304,15 @@ def test_precomputed_reference_equals_the_live_reference_and_is_cached(tmp_path,
 
 def test_gradient_checkpointing_and_grad_accum_keep_the_numbers(tmp_path, tiny_model_dir, data):
     plain = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "a"), max_steps=2), progress=False)
-    ckpt = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "b"), max_steps=2, gradient_checkpointing=True),
-                     progress=False)
+    ckpt = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "b"), max_steps=2, gradient_checkpointing=True),
+        progress=False,
+    )
     for a, b in zip(_metrics(plain.run_dir), _metrics(ckpt.run_dir)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-    accum = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "c"), max_steps=2, grad_accum=2), progress=False)
+    accum = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "c"), max_steps=2, grad_accum=2), progress=False
+    )
     assert [r["rows"] for r in _metrics(accum.run_dir)] == [16, 16]
 
 
@@ -246,14 +335,17 @@ def test_nan_guard_skips_the_update_and_training_continues(tmp_path, tiny_model_
     assert all(r["loss"] == r["loss"] for i, r in enumerate(rows) if i != 1)  # finite again after the skip
 
 
-@pytest.mark.parametrize("case, rows, kw, match", [
-    ("empty", [], {}, "no training rows"),
-    ("one class", [dict(r, label=True) for r in _arith_rows(16)], {}, "all 16 rows are desirable"),
-    ("too long", _arith_rows(16), {"max_length": 8, "max_prompt_length": 4}, "every row is too long"),
-    ("small", _arith_rows(6), {}, "fewer than one batch"),
-    ("label type", [dict(r, label="true") for r in _arith_rows(8)], {}, "kto.jsonl:1: field 'label'"),
-    ("batch of one", _arith_rows(8), {"batch_size": 1}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "case, rows, kw, match",
+    [
+        ("empty", [], {}, "no training rows"),
+        ("one class", [dict(r, label=True) for r in _arith_rows(16)], {}, "all 16 rows are desirable"),
+        ("too long", _arith_rows(16), {"max_length": 8, "max_prompt_length": 4}, "every row is too long"),
+        ("small", _arith_rows(6), {}, "fewer than one batch"),
+        ("label type", [dict(r, label="true") for r in _arith_rows(8)], {}, "kto.jsonl:1: field 'label'"),
+        ("batch of one", _arith_rows(8), {"batch_size": 1}, "batch_size"),
+    ],
+)
 def test_bad_input_is_refused_before_any_compute(tmp_path, tiny_model_dir, case, rows, kw, match):
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
     with pytest.raises(ValueError, match=match):
@@ -273,8 +365,10 @@ def test_existing_run_needs_resume_or_force(tmp_path, tiny_model_dir, data):
 
 def test_sft_warm_start_becomes_the_reference(tmp_path, tiny_model_dir, data):
     plain = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "plain"), max_steps=1), progress=False)
-    sft = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "sft"), max_steps=1, sft_steps=15, sft_lr=5e-3),
-                    progress=False)
+    sft = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "sft"), max_steps=1, sft_steps=15, sft_lr=5e-3),
+        progress=False,
+    )
     nll = [json.loads(x)["nll"] for x in (sft.run_dir / "sft_metrics.jsonl").read_text().splitlines()]
     assert len(nll) == 15 and sum(nll[-3:]) < sum(nll[:3])
     assert (sft.run_dir / "sft_adapter" / "adapter_config.json").exists()
@@ -287,8 +381,10 @@ def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_mode
     from edge_kto.cli import main
 
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"train:\n  data: {data}\n  model: {tiny_model_dir}\n  out: {tmp_path / 'y'}\n  max_steps: 2\n"
-                   f"  beta: 0.3\n  lora:\n    r: 4\n  cache_dir: {tmp_path / 'c'}\n  plot: false\n")
+    cfg.write_text(
+        f"train:\n  data: {data}\n  model: {tiny_model_dir}\n  out: {tmp_path / 'y'}\n  max_steps: 2\n"
+        f"  beta: 0.3\n  lora:\n    r: 4\n  cache_dir: {tmp_path / 'c'}\n  plot: false\n"
+    )
     assert main(["train", "--config", str(cfg), "--beta", "0.2", "--quiet"]) == 0
     eff = json.loads((tmp_path / "y" / "config.json").read_text())
     assert (eff["beta"], eff["lora"]["r"], eff["max_steps"]) == (0.2, 4, 2)
@@ -300,8 +396,20 @@ def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_mode
 def test_cli_reports_an_existing_run_as_an_error_not_a_traceback(tmp_path, tiny_model_dir, data, capsys):
     from edge_kto.cli import main
 
-    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--max-steps", "1",
-            "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "r"),
+        "--max-steps",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--quiet",
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err

@@ -27,8 +27,15 @@ class ToyBackend:
     def detokenize(self, ids: list[int]) -> bytes:
         return bytes(ids)
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                     seed: int | None = None) -> Iterator[int]:
+    def generate_ids(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
         yield from list(ANSWER.encode())[:max_new_tokens]
 
     def logits(self, ids: list[int], positions: list[int]) -> np.ndarray:

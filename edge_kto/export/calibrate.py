@@ -19,7 +19,7 @@ def calibration_sequences(tok: Any, data: str, limit: int) -> list[list[int]]:
     folder's training split or a prompt file (the activations that produce the task's answers)."""
     from ..data import read_kto, read_prompts, read_task, to_messages
     from ..train.tokenize import TokenizeReport, tokenize_example
-    from .golden import looks_like_kto, chat_ids
+    from .golden import chat_ids, looks_like_kto
 
     p = Path(data)
     if p.is_dir():
@@ -42,21 +42,34 @@ def importance_matrix(cfg: Any, source: Any, tok: Any, out: Path, progress: bool
     """(manifest record, matrix) for ``cfg.imatrix``: "auto" computes and saves ``OUT.imatrix.gguf``."""
     if cfg.imatrix != "auto":
         im = read_imatrix(cfg.imatrix)
-        return {"source": str(cfg.imatrix), **file_entry(Path(cfg.imatrix)), "tokens": im.tokens,
-                "datasets": im.datasets}, im
+        return {
+            "source": str(cfg.imatrix),
+            **file_entry(Path(cfg.imatrix)),
+            "tokens": im.tokens,
+            "datasets": im.datasets,
+        }, im
     data = cfg.calibration_data or source.default_data
     if not data:
-        raise ImatrixError("imatrix: auto needs calibration_data (the training rows or a task folder); "
-                           "this source names none")
+        raise ImatrixError(
+            "imatrix: auto needs calibration_data (the training rows or a task folder); this source names none"
+        )
     import torch
     from transformers import AutoModelForCausalLM
 
     seqs = calibration_sequences(tok, data, cfg.calibration_limit)
     if not seqs:
-        raise ImatrixError(f"{data}: no calibration rows (desirable KTO rows or prompts) to compute an importance matrix")
+        raise ImatrixError(
+            f"{data}: no calibration rows (desirable KTO rows or prompts) to compute an importance matrix"
+        )
     model = AutoModelForCausalLM.from_pretrained(str(source.hf_dir), dtype=torch.float32)
     im = compute_imatrix(model, seqs, progress, dataset=str(data))
     path = write_imatrix(im, out.with_name(out.name + ".imatrix.gguf"))
     log.info("importance matrix: %d sequences, %d tokens -> %s", len(seqs), im.tokens, path)
-    return {"source": "auto", "path": str(path), **file_entry(path), "tokens": im.tokens, "sequences": len(seqs),
-            "data": str(data)}, im
+    return {
+        "source": "auto",
+        "path": str(path),
+        **file_entry(path),
+        "tokens": im.tokens,
+        "sequences": len(seqs),
+        "data": str(data),
+    }, im

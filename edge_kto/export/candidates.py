@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
 from edge_kto_runtime.errors import InvalidInput
 
 SELECT_MODES = ("all", "smallest-passing")
@@ -30,13 +31,13 @@ class CandidateError(InvalidInput):
 def _ggml_types() -> set[str]:
     import llama_cpp
 
-    return {n[len("GGML_TYPE_"):] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT"}
+    return {n[len("GGML_TYPE_") :] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT"}
 
 
 def _ftypes() -> set[str]:
     import llama_cpp
 
-    return {n[len("LLAMA_FTYPE_MOSTLY_"):] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")} | {"F32"}
+    return {n[len("LLAMA_FTYPE_MOSTLY_") :] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")} | {"F32"}
 
 
 @dataclass
@@ -72,14 +73,20 @@ class GgufCandidate:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise CandidateError(f"gguf candidate {self.type}: tensor_types regex {pattern!r} is invalid: {e}") from None
+                raise CandidateError(
+                    f"gguf candidate {self.type}: tensor_types regex {pattern!r} is invalid: {e}"
+                ) from None
             if str(t).upper() not in ggml:
-                raise CandidateError(f"gguf candidate {self.type}: tensor_types[{pattern!r}] = {t!r} is not a GGML type; "
-                                     f"known: {sorted(ggml)}")
+                raise CandidateError(
+                    f"gguf candidate {self.type}: tensor_types[{pattern!r}] = {t!r} is not a GGML type; "
+                    f"known: {sorted(ggml)}"
+                )
         for key in ("token_embedding_type", "output_type"):
             v = getattr(self, key)
             if v is not None and v.upper() not in ggml:
-                raise CandidateError(f"gguf candidate {self.type}: {key} {v!r} is not a GGML type; known: {sorted(ggml)}")
+                raise CandidateError(
+                    f"gguf candidate {self.type}: {key} {v!r} is not a GGML type; known: {sorted(ggml)}"
+                )
 
 
 @dataclass
@@ -168,7 +175,11 @@ def parse_onnx(spec: bool | list | dict[str, Any] | None, int8_head: bool = True
         spec = [spec]
     out = []
     for s in spec:
-        c = s if isinstance(s, OnnxCandidate) else _from_mapping(OnnxCandidate, {"int8_head": int8_head, **(s or {})}, "onnx")
+        c = (
+            s
+            if isinstance(s, OnnxCandidate)
+            else _from_mapping(OnnxCandidate, {"int8_head": int8_head, **(s or {})}, "onnx")
+        )
         c.validate()
         out.append(c)
     return out

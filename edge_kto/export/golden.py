@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
-from ..jsonl import iter_jsonl
 from edge_kto_runtime.completion import split_completion
 from edge_kto_runtime.defaults import GOLDEN_MAX_NEW_TOKENS
+
+from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
+from ..jsonl import iter_jsonl
 
 
 @dataclass
@@ -67,14 +68,16 @@ def _completion_ids(tok: Any, messages: list[dict], prompt_ids: list[int], text:
 
 
 @torch.no_grad()
-def greedy_ids(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]) -> list[list[int]]:
+def greedy_ids(
+    model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]
+) -> list[list[int]]:
     """Batched greedy decoding (left padding); each row cut after its first EOS."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     att = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        att[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        att[i, width - len(p) :] = 1
     out = model.generate(ids, attention_mask=att, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
     rows = []
     for r in out[:, width:].tolist():
@@ -84,7 +87,9 @@ def greedy_ids(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id
 
 
 @torch.no_grad()
-def _top_logprobs(model: Any, prompts: list[list[int]], greedy: list[list[int]], k: int) -> list[list[list[list[float]]]]:
+def _top_logprobs(
+    model: Any, prompts: list[list[int]], greedy: list[list[int]], k: int
+) -> list[list[list[list[float]]]]:
     """fp top-k log-probs at each position a greedy token was chosen; the LM head only runs there."""
     from ..train.logps import causal_lm_parts
 
@@ -93,14 +98,19 @@ def _top_logprobs(model: Any, prompts: list[list[int]], greedy: list[list[int]],
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     att = torch.zeros_like(ids)
     for i, (p, g) in enumerate(zip(prompts, greedy)):
-        ids[i, :len(p) + len(g)] = torch.tensor(p + g)
-        att[i, :len(p) + len(g)] = 1
+        ids[i, : len(p) + len(g)] = torch.tensor(p + g)
+        att[i, : len(p) + len(g)] = 1
     hidden = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
     out = []
     for i, (p, g) in enumerate(zip(prompts, greedy)):
-        logp = torch.log_softmax(head(hidden[i, len(p) - 1:len(p) - 1 + len(g)]).float(), dim=-1)
+        logp = torch.log_softmax(head(hidden[i, len(p) - 1 : len(p) - 1 + len(g)]).float(), dim=-1)
         top = torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
-        out.append([[[int(t), round(float(v), 6)] for t, v in zip(ti, tv)] for ti, tv in zip(top.indices.tolist(), top.values.tolist())])
+        out.append(
+            [
+                [[int(t), round(float(v), 6)] for t, v in zip(ti, tv)]
+                for ti, tv in zip(top.indices.tolist(), top.values.tolist())
+            ]
+        )
     return out
 
 
@@ -117,17 +127,29 @@ def _summed_logps(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: 
 def near_miss(text: str, reference: Any) -> str | None:
     """``text`` with one reference fact broken: the last digit of the first phrase found changed
     (10 seconds -> 11 seconds), or, for a phrase without digits, the phrase removed."""
-    phrases = list(reference) if isinstance(reference, list) else [reference] if isinstance(reference, (str, int, float)) else []
+    phrases = (
+        list(reference)
+        if isinstance(reference, list)
+        else [reference]
+        if isinstance(reference, (str, int, float))
+        else []
+    )
     low = text.lower()
     for ph in (str(p) for p in phrases):
         i = low.find(ph.lower()) if ph.strip() else -1
         if i < 0:
             continue
-        orig = text[i:i + len(ph)]
+        orig = text[i : i + len(ph)]
         digits = [k for k, ch in enumerate(orig) if ch.isdigit()]
         if digits:
-            return text[:i] + orig[:digits[-1]] + str((int(orig[digits[-1]]) + 1) % 10) + orig[digits[-1] + 1:] + text[i + len(ph):]
-        head, tail = text[:i], text[i + len(ph):]
+            return (
+                text[:i]
+                + orig[: digits[-1]]
+                + str((int(orig[digits[-1]]) + 1) % 10)
+                + orig[digits[-1] + 1 :]
+                + text[i + len(ph) :]
+            )
+        head, tail = text[:i], text[i + len(ph) :]
         return head.rstrip(" ") + " " + tail.lstrip(" ") if head.endswith(" ") and tail.startswith(" ") else head + tail
     return None
 
@@ -146,8 +168,15 @@ def with_hard_pairs(prompts: list[GoldenPrompt], verifier: Callable[[str, Any], 
     return prompts
 
 
-def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS, top_k: int = 16,
-                 progress: bool = True, batch_size: int = 16) -> list[dict[str, Any]]:
+def build_golden(
+    model: Any,
+    tok: Any,
+    prompts: list[GoldenPrompt],
+    max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
+    top_k: int = 16,
+    progress: bool = True,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
     """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch)."""
     from tqdm.auto import tqdm
 
@@ -158,22 +187,37 @@ def build_golden(model: Any, tok: Any, prompts: list[GoldenPrompt], max_new_toke
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
     for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
+        chunk = prompts[s : s + batch_size]
         pids = [chat_ids(tok, g.messages) for g in chunk]
         greedy = greedy_ids(model, pids, max_new_tokens, pad_id, eos_ids)
         tops = _top_logprobs(model, pids, greedy, top_k)
-        comps = [[(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
-                 + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]
-                 for g, p in zip(chunk, pids)]
+        comps = [
+            [(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
+            + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]
+            for g, p in zip(chunk, pids)
+        ]
         logps = iter(_summed_logps(model, [(p, c[2]) for p, cs in zip(pids, comps) for c in cs], pad_id))
         for g, p, gr, top, cs in zip(chunk, pids, greedy, tops, comps):
-            row: dict[str, Any] = {"id": g.id, "messages": g.messages, "prompt_ids": p, "reference": g.reference,
-                                   "greedy_ids": gr, "greedy_text": tok.decode(gr, skip_special_tokens=True),
-                                   "top_logprobs": top}
+            row: dict[str, Any] = {
+                "id": g.id,
+                "messages": g.messages,
+                "prompt_ids": p,
+                "reference": g.reference,
+                "greedy_ids": gr,
+                "greedy_text": tok.decode(gr, skip_special_tokens=True),
+                "top_logprobs": top,
+            }
             if cs:
-                row["completions"] = [{"text": t, "label": lab, "ids": ids, "logp": round(next(logps), 6),
-                                       **({"hard": True, "near_miss_of": k} if k is not None else {})}
-                                      for t, lab, ids, k in cs]
+                row["completions"] = [
+                    {
+                        "text": t,
+                        "label": lab,
+                        "ids": ids,
+                        "logp": round(next(logps), 6),
+                        **({"hard": True, "near_miss_of": k} if k is not None else {}),
+                    }
+                    for t, lab, ids, k in cs
+                ]
             rows.append(row)
         bar.update(len(chunk))
     bar.close()
@@ -184,6 +228,8 @@ def kto_examples_to_golden(rows: list[KTOExample]) -> list[GoldenPrompt]:
     """Group KTO rows by prompt (used by the pipeline, which holds rows in memory)."""
     groups: OrderedDict[str, GoldenPrompt] = OrderedDict()
     for i, ex in enumerate(rows):
-        g = groups.setdefault(repr(ex.prompt), GoldenPrompt(ex.id or f"row{i}", ex.prompt, ex.extra.get("reference"), []))
+        g = groups.setdefault(
+            repr(ex.prompt), GoldenPrompt(ex.id or f"row{i}", ex.prompt, ex.extra.get("reference"), [])
+        )
         g.completions.append((ex.completion, ex.label))  # type: ignore[union-attr]
     return list(groups.values())

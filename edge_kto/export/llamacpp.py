@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.fetch import cache_root
-from edge_kto_runtime.errors import InvalidInput, MissingDependency, ToolError
 from edge_kto_runtime.defaults import default_threads
+from edge_kto_runtime.errors import InvalidInput, MissingDependency, ToolError
+
+from ..models.fetch import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,28 @@ def prepare_converter(version: str | None = None) -> Converter:
     dest = _converter_dir(version)
     if not (dest / "source.json").is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
-                   "--no-binary", ":all:", "--disable-pip-version-check", "-q", "-d", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"llama-cpp-python=={version}",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                tmp,
+            ]
             p = subprocess.run(cmd, capture_output=True, text=True)
             sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
             if p.returncode or not sdists:
                 raise ConverterMissing(
                     f"could not fetch the llama-cpp-python {version} sdist for llama.cpp's converter "
                     f"(needs PyPI once; then export is offline): {p.stderr.strip()[-400:]}. "
-                    f"Or set EDGE_KTO_LLAMA_CPP_DIR to a llama.cpp checkout.")
+                    f"Or set EDGE_KTO_LLAMA_CPP_DIR to a llama.cpp checkout."
+                )
             _unpack_converter(sdists[0], dest, version)
     return _load_converter(dest)
 
@@ -96,29 +110,42 @@ def _unpack_converter(sdist: Path, dest: Path, version: str) -> None:
     with tarfile.open(sdist) as tar:
         root = tar.getmembers()[0].name.split("/")[0]
         vendor = f"{root}/vendor/llama.cpp/"
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(vendor)
-                   and m.name[len(vendor):].startswith(wanted)]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile() and m.name.startswith(vendor) and m.name[len(vendor) :].startswith(wanted)
+        ]
         for m in members:
-            m.name = m.name[len(vendor):]
+            m.name = m.name[len(vendor) :]
         tar.extractall(tmp, members=members, filter="data")
         log = tar.extractfile(f"{root}/CHANGELOG.md")
         if log is not None:
             commit = _changelog_commit(log.read().decode("utf-8", "replace"), version)
-    (tmp / "source.json").write_text(json.dumps({"llama_cpp_python": version, "llama_cpp_commit": commit,
-                                                 "sdist": sdist.name}, indent=2))
+    (tmp / "source.json").write_text(
+        json.dumps({"llama_cpp_python": version, "llama_cpp_commit": commit, "sdist": sdist.name}, indent=2)
+    )
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
 
 def _gguf_py_version(gguf_py: Path) -> str | None:
-    m = re.search(r'^version\s*=\s*"([^"]+)"', (gguf_py / "pyproject.toml").read_text(), re.M) if (gguf_py / "pyproject.toml").exists() else None
+    m = (
+        re.search(r'^version\s*=\s*"([^"]+)"', (gguf_py / "pyproject.toml").read_text(), re.M)
+        if (gguf_py / "pyproject.toml").exists()
+        else None
+    )
     return m.group(1) if m else None
 
 
 def _load_converter(dest: Path) -> Converter:
     src = json.loads((dest / "source.json").read_text())
-    return Converter(dest / "convert_hf_to_gguf.py", [dest, dest / "gguf-py"], src["llama_cpp_python"],
-                     src.get("llama_cpp_commit"), _gguf_py_version(dest / "gguf-py"))
+    return Converter(
+        dest / "convert_hf_to_gguf.py",
+        [dest, dest / "gguf-py"],
+        src["llama_cpp_python"],
+        src.get("llama_cpp_commit"),
+        _gguf_py_version(dest / "gguf-py"),
+    )
 
 
 def find_converter() -> Converter:
@@ -128,7 +155,9 @@ def find_converter() -> Converter:
         d = Path(env)
         if not (d / "convert_hf_to_gguf.py").is_file():
             raise ConverterMissing(f"EDGE_KTO_LLAMA_CPP_DIR={d}: no convert_hf_to_gguf.py there")
-        return Converter(d / "convert_hf_to_gguf.py", [d, d / "gguf-py"], "custom", None, _gguf_py_version(d / "gguf-py"))
+        return Converter(
+            d / "convert_hf_to_gguf.py", [d, d / "gguf-py"], "custom", None, _gguf_py_version(d / "gguf-py")
+        )
     dest = _converter_dir(_installed_llama_cpp_version())
     if (dest / "source.json").is_file():
         return _load_converter(dest)
@@ -138,20 +167,35 @@ def find_converter() -> Converter:
 def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16", conv: Converter | None = None) -> float:
     """Run llama.cpp's converter; returns its wall time in seconds."""
     conv = conv or find_converter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in conv.pythonpath] + [os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(p) for p in conv.pythonpath] + [os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+    }
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, str(conv.script), str(hf_dir), "--outfile", str(out), "--outtype", outtype],
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(conv.script), str(hf_dir), "--outfile", str(out), "--outtype", outtype],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if p.returncode or not out.is_file():
         raise ToolError(f"llama.cpp convert_hf_to_gguf.py failed on {hf_dir}:\n{(p.stderr or p.stdout)[-3000:]}")
     return time.perf_counter() - t
 
 
-def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, *,
-                  imatrix: dict[str, Any] | None = None, tensor_types: dict[str, str] | None = None,
-                  token_embedding_type: str | None = None, output_type: str | None = None,
-                  pure: bool = False) -> float:
+def quantize_gguf(
+    src: Path,
+    out: Path,
+    qtype: str,
+    threads: int | None = None,
+    *,
+    imatrix: dict[str, Any] | None = None,
+    tensor_types: dict[str, str] | None = None,
+    token_embedding_type: str | None = None,
+    output_type: str | None = None,
+    pure: bool = False,
+) -> float:
     """``llama_model_quantize`` to ``qtype`` (e.g. Q4_K_M); returns its wall time in seconds.
 
     ``imatrix`` maps GGUF tensor names to per-column mean x² (see :mod:`edge_kto.quant.imatrix`);
@@ -164,7 +208,7 @@ def quantize_gguf(src: Path, out: Path, qtype: str, threads: int | None = None, 
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
     if ftype is None:
-        known = sorted(n[len("LLAMA_FTYPE_MOSTLY_"):] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+        known = sorted(n[len("LLAMA_FTYPE_MOSTLY_") :] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
         raise InvalidInput(f"unknown GGUF quantization type {qtype!r}; llama.cpp knows {known}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -215,7 +259,9 @@ def _ggml_type(name: str) -> int:
 
     v = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
     if v is None:
-        known = sorted(n[len("GGML_TYPE_"):] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT")
+        known = sorted(
+            n[len("GGML_TYPE_") :] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT"
+        )
         raise InvalidInput(f"unknown GGML tensor type {name!r}; known: {known}")
     return int(v)
 
@@ -232,8 +278,10 @@ def _check_patterns(src: Path, tensor_types: dict[str, str]) -> None:
     names = list(gguf_tensor_shapes(src))
     for pattern in tensor_types:
         if not any(re.search(pattern, n) for n in names):
-            raise InvalidInput(f"tensor_types: regex {pattern!r} matches no tensor of {src.name} "
-                             f"(names look like {names[min(5, len(names) - 1)]!r})")
+            raise InvalidInput(
+                f"tensor_types: regex {pattern!r} matches no tensor of {src.name} "
+                f"(names look like {names[min(5, len(names) - 1)]!r})"
+            )
 
 
 class _Captured:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from edge_kto_runtime.errors import ToolError
 
 
@@ -23,8 +24,17 @@ class OnnxBuild:
     """The builder running in a child process, so export can convert and quantize GGUF (and build
     the golden set) meanwhile; ``wait`` returns its wall time or raises with its log."""
 
-    def __init__(self, hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32,
-                 accuracy_level: int | None = None, algo_config: str = "default", int8_layers: bool = False):
+    def __init__(
+        self,
+        hf_dir: Path,
+        out_dir: Path,
+        precision: str = "int4",
+        int8_head: bool = True,
+        block_size: int = 32,
+        accuracy_level: int | None = None,
+        algo_config: str = "default",
+        int8_layers: bool = False,
+    ):
         extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
         if precision == "int4" and accuracy_level is not None:
             extra.append(f"accuracy_level={accuracy_level}")
@@ -37,11 +47,26 @@ class OnnxBuild:
             extra.append("matmul_mixed_precision=" + ",".join(mixed))
         self.hf_dir, self.out_dir = hf_dir, out_dir
         self._tmp = tempfile.TemporaryDirectory(prefix="ortgenai-")
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
-               "-p", precision, "-e", "cpu", "-c", self._tmp.name] + (["--extra_options", *extra] if extra else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(hf_dir),
+            "-o",
+            str(out_dir),
+            "-p",
+            precision,
+            "-e",
+            "cpu",
+            "-c",
+            self._tmp.name,
+        ] + (["--extra_options", *extra] if extra else [])
         self._log = open(Path(self._tmp.name) / "builder.log", "w+")
         self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
 
     def wait(self) -> float:
         try:
@@ -62,7 +87,9 @@ class OnnxBuild:
         self._tmp.cleanup()
 
 
-def build_onnx(hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32) -> float:
+def build_onnx(
+    hf_dir: Path, out_dir: Path, precision: str = "int4", int8_head: bool = True, block_size: int = 32
+) -> float:
     """Run ``python -m onnxruntime_genai.models.builder``; returns its wall time in seconds.
 
     ``precision="fp32"`` builds the unquantized graph (the parity tests compare it with transformers).

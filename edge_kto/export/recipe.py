@@ -31,20 +31,20 @@ from typing import Any
 
 from edge_kto_runtime.atomic import fsync_dir, sweep_stale, temp_prefix
 from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle, zip_bundle
+from edge_kto_runtime.defaults import DEVICE_MAX_NEW_TOKENS, GOLDEN_MAX_NEW_TOKENS, N_CTX
+from edge_kto_runtime.errors import InputExists, InvalidInput
 from edge_kto_runtime.verifiers import get_verifier
 
 from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from ..quant.fake import mixed_8bit_gguf_pattern
 from ..run_folder import FINISH, RunFolder
+from .calibrate import importance_matrix
 from .candidates import SELECT_MODES, CandidateError, GgufCandidate, OnnxCandidate, describe, parse_gguf, parse_onnx
 from .golden import build_golden, read_golden_prompts, with_hard_pairs
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tensor_shapes, quantize_gguf
-from .calibrate import importance_matrix
 from .onnx import OnnxBuild
 from .select import select_artifacts
-from edge_kto_runtime.errors import InputExists, InvalidInput
-from edge_kto_runtime.defaults import DEVICE_MAX_NEW_TOKENS, GOLDEN_MAX_NEW_TOKENS, N_CTX
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ class ExportConfig:
     force: bool = False
     zip: bool = False
     threads: int | None = None
-
 
     def candidates(self) -> tuple[list[GgufCandidate], list[OnnxCandidate]]:
         """Parsed and validated candidates (bad names and options fail here, before any work)."""
@@ -118,9 +117,16 @@ class ExportResult:
 def _run_training(path: Path) -> dict[str, Any]:
     run = RunFolder(path)
     tcfg, report = run.config(), run.report()
-    return {"method": tcfg.get("loss_type", "kto"), "run": str(path.resolve()), "base_model": tcfg.get("model"),
-            "data": tcfg.get("data"), "beta": tcfg.get("beta"), "steps": tcfg.get("steps"),
-            "lora": tcfg.get("lora"), "final": report.get("final", {})}
+    return {
+        "method": tcfg.get("loss_type", "kto"),
+        "run": str(path.resolve()),
+        "base_model": tcfg.get("model"),
+        "data": tcfg.get("data"),
+        "beta": tcfg.get("beta"),
+        "steps": tcfg.get("steps"),
+        "lora": tcfg.get("lora"),
+        "final": report.get("final", {}),
+    }
 
 
 def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
@@ -132,8 +138,13 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
         ref = Path(rep["source_model"])
         run = ref.parent
         training = _run_training(run) if RunFolder(run).adapter.is_dir() else {"method": "none", "base_model": str(ref)}
-        training["finish"] = {"dir": str(src.resolve()), "format": rep["format"], "steps": rep["steps"],
-                              "final": rep.get("final", {}), "data": fcfg.get("data")}
+        training["finish"] = {
+            "dir": str(src.resolve()),
+            "format": rep["format"],
+            "steps": rep["steps"],
+            "final": rep.get("final", {}),
+            "data": fcfg.get("data"),
+        }
         mixed = (rep.get("mixed_8bit") or {}).get("layers")
         training["finish"]["mixed_8bit_layers"] = mixed
         return Source(folder.model, ref, training, fcfg.get("data") or training.get("data"), rep["format"], mixed)
@@ -169,13 +180,24 @@ def _merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
 
 
 def _tokenizer_section(tok: Any, model_dir: Path) -> dict[str, Any]:
-    gen = json.loads((model_dir / "generation_config.json").read_text()) if (model_dir / "generation_config.json").exists() else {}
+    gen = (
+        json.loads((model_dir / "generation_config.json").read_text())
+        if (model_dir / "generation_config.json").exists()
+        else {}
+    )
     eos_ids = gen.get("eos_token_id", tok.eos_token_id)
     eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
     eos = [tok.convert_ids_to_tokens(int(i)) for i in eos_ids if i is not None]
-    return {"chat_template": tok.chat_template or "", "bos": tok.bos_token, "bos_id": tok.bos_token_id,
-            "eos": eos, "eos_ids": [int(i) for i in eos_ids if i is not None], "stop": eos, "eos_id": tok.eos_token_id,
-            "add_bos": bool(getattr(tok, "add_bos_token", False))}
+    return {
+        "chat_template": tok.chat_template or "",
+        "bos": tok.bos_token,
+        "bos_id": tok.bos_token_id,
+        "eos": eos,
+        "eos_ids": [int(i) for i in eos_ids if i is not None],
+        "stop": eos,
+        "eos_id": tok.eos_token_id,
+        "add_bos": bool(getattr(tok, "add_bos_token", False)),
+    }
 
 
 def _tool_versions(conv: Any) -> dict[str, Any]:
@@ -187,9 +209,15 @@ def _tool_versions(conv: Any) -> dict[str, Any]:
         except md.PackageNotFoundError:
             return None
 
-    return {"edge_kto": v("edge-kto"), "llama_cpp_python": v("llama-cpp-python"),
-            "llama_cpp_commit": conv.llama_cpp_commit if conv else None, "gguf_py": conv.gguf_py_version if conv else None,
-            "onnxruntime_genai": v("onnxruntime-genai"), "transformers": v("transformers"), "torch": v("torch")}
+    return {
+        "edge_kto": v("edge-kto"),
+        "llama_cpp_python": v("llama-cpp-python"),
+        "llama_cpp_commit": conv.llama_cpp_commit if conv else None,
+        "gguf_py": conv.gguf_py_version if conv else None,
+        "onnxruntime_genai": v("onnxruntime-genai"),
+        "transformers": v("transformers"),
+        "torch": v("torch"),
+    }
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -230,8 +258,16 @@ def _gate(cfg: ExportConfig, tmp: Path, source: Source, timings: dict[str, Any],
     from ..check import CheckConfig, run_check
 
     t = time.perf_counter()
-    res = run_check(CheckConfig(bundle=str(tmp), reference=str(source.reference_dir), thresholds=cfg.thresholds,
-                                threads=cfg.threads, verify=False), progress=progress)
+    res = run_check(
+        CheckConfig(
+            bundle=str(tmp),
+            reference=str(source.reference_dir),
+            thresholds=cfg.thresholds,
+            threads=cfg.threads,
+            verify=False,
+        ),
+        progress=progress,
+    )
     timings["check_s"] = time.perf_counter() - t
     return res
 
@@ -243,8 +279,12 @@ def _install(tmp: Path, out: Path, keep_old: bool) -> Path:
         failed = out.with_name(out.name + ".failed")
         shutil.rmtree(failed, ignore_errors=True)
         os.replace(tmp, failed)
-        log.warning("%s failed the alignment gate; the existing bundle %s was kept, the failed one is at %s",
-                    failed.name, out, failed)
+        log.warning(
+            "%s failed the alignment gate; the existing bundle %s was kept, the failed one is at %s",
+            failed.name,
+            out,
+            failed,
+        )
         return failed
     if out.exists():  # --force: swap, then delete the old one
         old = out.with_name(temp_prefix(out.name, "old") + "0")
@@ -257,8 +297,17 @@ def _install(tmp: Path, out: Path, keep_old: bool) -> Path:
     return out
 
 
-def _build_gguf(hf_dir: Path, cands: list[GgufCandidate], tmp: Path, work: Path, cfg: ExportConfig, source: Source,
-                imatrix: Any, timings: dict[str, Any], artifacts: list[dict[str, Any]]) -> Any:
+def _build_gguf(
+    hf_dir: Path,
+    cands: list[GgufCandidate],
+    tmp: Path,
+    work: Path,
+    cfg: ExportConfig,
+    source: Source,
+    imatrix: Any,
+    timings: dict[str, Any],
+    artifacts: list[dict[str, Any]],
+) -> Any:
     """llama.cpp's converter writes f32 once (quantizing from f16 would round twice, and a finished
     model's grid values need up to 14 mantissa bits), then one ``llama_model_quantize`` per candidate."""
     conv = find_converter()
@@ -279,25 +328,49 @@ def _build_gguf(hf_dir: Path, cands: list[GgufCandidate], tmp: Path, work: Path,
             pure = c.pure if c.pure is not None else on_own_grid
             emb = c.token_embedding_type or ("Q8_0" if on_own_grid else None)
             if on_own_grid and c.imatrix:
-                log.warning("%s: an importance matrix makes Q4_0 search its scales, so the finished grid is no longer "
-                            "reproduced exactly", c.path)
+                log.warning(
+                    "%s: an importance matrix makes Q4_0 search its scales, so the finished grid is no longer "
+                    "reproduced exactly",
+                    c.path,
+                )
             timings["quantize_s"][c.path] = quantize_gguf(
-                base, dest, c.type, cfg.threads, imatrix=means if c.imatrix else None, tensor_types=c.tensor_types,
-                token_embedding_type=emb, output_type=c.output_type, pure=pure)
+                base,
+                dest,
+                c.type,
+                cfg.threads,
+                imatrix=means if c.imatrix else None,
+                tensor_types=c.tensor_types,
+                token_embedding_type=emb,
+                output_type=c.output_type,
+                pure=pure,
+            )
         st = gguf_stats(dest, c.type)
-        artifacts.append({"path": dest.name, "backend": "llama.cpp", "quant": _gguf_label(c), **file_entry(dest),
-                          "bits_per_weight": st.bits_per_weight, "tensor_types": st.tensor_types,
-                          "k_quant_fallbacks": st.fallbacks, "recipe": describe(c)})
+        artifacts.append(
+            {
+                "path": dest.name,
+                "backend": "llama.cpp",
+                "quant": _gguf_label(c),
+                **file_entry(dest),
+                "bits_per_weight": st.bits_per_weight,
+                "tensor_types": st.tensor_types,
+                "k_quant_fallbacks": st.fallbacks,
+                "recipe": describe(c),
+            }
+        )
     return conv
 
 
 def _gguf_label(c: GgufCandidate) -> str:
-    return c.type + ("+imatrix" if c.imatrix else "") + ("+mix" if c.tensor_types or c.token_embedding_type or
-                                                        c.output_type else "")
+    return (
+        c.type
+        + ("+imatrix" if c.imatrix else "")
+        + ("+mix" if c.tensor_types or c.token_embedding_type or c.output_type else "")
+    )
 
 
-def _build_golden(cfg: ExportConfig, source: Source, tok: Any, tmp: Path, timings: dict[str, Any],
-                  progress: bool) -> dict[str, Any] | None:
+def _build_golden(
+    cfg: ExportConfig, source: Source, tok: Any, tmp: Path, timings: dict[str, Any], progress: bool
+) -> dict[str, Any] | None:
     """The golden set always comes from the fp reference (for a finished model: the student before finishing)."""
     src = cfg.golden_data or source.default_data
     if not src:
@@ -315,21 +388,40 @@ def _build_golden(cfg: ExportConfig, source: Source, tok: Any, tmp: Path, timing
     rows = build_golden(model, tok, prompts, cfg.golden_max_new_tokens, cfg.golden_top_k, progress)
     write_jsonl_atomic(tmp / "golden.jsonl", rows)
     timings["golden_s"] = time.perf_counter() - t
-    return {"path": "golden.jsonl", **file_entry(tmp / "golden.jsonl"), "rows": len(rows), "source": str(src),
-            "top_k": cfg.golden_top_k, "max_new_tokens": cfg.golden_max_new_tokens, "verifier": verifier,
-            "hard_pairs": sum(1 for r in rows for c in r.get("completions", []) if c.get("hard"))}
+    return {
+        "path": "golden.jsonl",
+        **file_entry(tmp / "golden.jsonl"),
+        "rows": len(rows),
+        "source": str(src),
+        "top_k": cfg.golden_top_k,
+        "max_new_tokens": cfg.golden_max_new_tokens,
+        "verifier": verifier,
+        "hard_pairs": sum(1 for r in rows for c in r.get("completions", []) if c.get("hard")),
+    }
 
 
 def _onnx_entry(c: OnnxCandidate, tmp: Path, seconds: float, timings: dict[str, Any]) -> dict[str, Any]:
     d = tmp / c.path.rstrip("/")
     timings["onnx_s"][c.path] = seconds
     files = {p.relative_to(d).as_posix(): file_entry(p) for p in sorted(d.rglob("*")) if p.is_file()}
-    return {"path": c.path, "backend": "onnxruntime-genai", "quant": c.quant, "files": files,
-            "bytes": sum(e["bytes"] for e in files.values()), "recipe": describe(c)}
+    return {
+        "path": c.path,
+        "backend": "onnxruntime-genai",
+        "quant": c.quant,
+        "files": files,
+        "bytes": sum(e["bytes"] for e in files.values()),
+        "recipe": describe(c),
+    }
 
 
-def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[OnnxCandidate], tmp: Path, out: Path,
-           progress: bool) -> tuple[dict[str, Any], dict[str, Any], Source]:
+def _build(
+    cfg: ExportConfig,
+    gguf_cands: list[GgufCandidate],
+    onnx_cands: list[OnnxCandidate],
+    tmp: Path,
+    out: Path,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any], Source]:
     from transformers import AutoTokenizer
 
     work = tmp / ".work"
@@ -366,12 +458,17 @@ def _build(cfg: ExportConfig, gguf_cands: list[GgufCandidate], onnx_cands: list[
     golden = _build_golden(cfg, source, tok, tmp, timings, progress)
     shutil.rmtree(work)
     manifest: dict[str, Any] = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION,
-        "name": cfg.name or Path(cfg.out).name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base_model": source.training.get("base_model"), "training": source.training, "artifacts": artifacts,
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name or Path(cfg.out).name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": source.training.get("base_model"),
+        "training": source.training,
+        "artifacts": artifacts,
         "tokenizer": _tokenizer_section(tok, hf_dir),
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "n_ctx": cfg.n_ctx},
-        "tools": _tool_versions(conv), "export": {k: v for k, v in timings.items()},
+        "tools": _tool_versions(conv),
+        "export": {k: v for k, v in timings.items()},
         "export_config": asdict(cfg),
     }
     if imatrix_rec:
@@ -393,5 +490,11 @@ def _mixed_gguf(c: GgufCandidate, layers: list[int]) -> GgufCandidate:
 
 
 def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:
-    return {"precision": c.precision, "int8_head": c.int8_head, "block_size": c.block_size, "accuracy_level": c.accuracy_level,
-            "algo_config": c.algo_config, "int8_layers": c.int8_layers}
+    return {
+        "precision": c.precision,
+        "int8_head": c.int8_head,
+        "block_size": c.block_size,
+        "accuracy_level": c.accuracy_level,
+        "algo_config": c.algo_config,
+        "int8_layers": c.int8_layers,
+    }

@@ -15,8 +15,19 @@ from edge_kto_runtime.check import markdown_table
 
 from ..jsonl import write_atomic, write_json_atomic
 
-SUMMARY_KEYS = ("kld_mean", "top1_agree", "pref_agree", "hard_pref_agree", "hard_pairs", "greedy_match", "task_acc",
-                "task_acc_fp", "task_retention", "passed", "failures")
+SUMMARY_KEYS = (
+    "kld_mean",
+    "top1_agree",
+    "pref_agree",
+    "hard_pref_agree",
+    "hard_pairs",
+    "greedy_match",
+    "task_acc",
+    "task_acc_fp",
+    "task_retention",
+    "passed",
+    "failures",
+)
 
 
 def _rank_failing(a: dict[str, Any], per: dict[str, Any]) -> tuple:
@@ -42,10 +53,23 @@ def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
     arts = m["artifacts"]
     kept = choose(arts, per) if mode == "smallest-passing" else arts
     kept_paths = {a["path"] for a in kept}
-    m["selection"] = {"mode": mode, "chosen": [a["path"] for a in kept], "candidates": [
-        {"path": a["path"], "backend": a["backend"], "quant": a["quant"], "bytes": a["bytes"],
-         "bits_per_weight": a.get("bits_per_weight"), "recipe": a.get("recipe"), "selected": a["path"] in kept_paths,
-         **{k: per[a["path"]].get(k) for k in SUMMARY_KEYS}} for a in arts]}
+    m["selection"] = {
+        "mode": mode,
+        "chosen": [a["path"] for a in kept],
+        "candidates": [
+            {
+                "path": a["path"],
+                "backend": a["backend"],
+                "quant": a["quant"],
+                "bytes": a["bytes"],
+                "bits_per_weight": a.get("bits_per_weight"),
+                "recipe": a.get("recipe"),
+                "selected": a["path"] in kept_paths,
+                **{k: per[a["path"]].get(k) for k in SUMMARY_KEYS},
+            }
+            for a in arts
+        ],
+    }
     if mode == "smallest-passing":
         for a in arts:
             if a["path"] not in kept_paths:
@@ -61,11 +85,18 @@ def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
 
 
 def _append_selection(report: Path, results: list[dict[str, Any]], kept: set[str]) -> None:
-    lines = ["", "## Selection: smallest passing artifact per format", "",
-             "Every candidate above was built and checked; kept: " + ", ".join(f"`{p}`" for p in sorted(kept)) + ".",
-             "Candidates not kept were removed from the bundle; their numbers stay in manifest.json (`selection`).", ""]
+    lines = [
+        "",
+        "## Selection: smallest passing artifact per format",
+        "",
+        "Every candidate above was built and checked; kept: " + ", ".join(f"`{p}`" for p in sorted(kept)) + ".",
+        "Candidates not kept were removed from the bundle; their numbers stay in manifest.json (`selection`).",
+        "",
+    ]
     passed = [r for r in results if r["passed"]]
     if not passed:
-        lines.append("**No candidate passed the gate**: the kept artifacts are the ones that kept the most task accuracy.")
+        lines.append(
+            "**No candidate passed the gate**: the kept artifacts are the ones that kept the most task accuracy."
+        )
     text = report.read_text(encoding="utf-8") if report.is_file() else markdown_table(results)
     write_atomic(report, text + "\n".join(lines) + "\n")

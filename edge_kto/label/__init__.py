@@ -15,15 +15,25 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from edge_kto_runtime.errors import InvalidInput
+
 from ..jsonl import DataError, DataIssue, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..stats import kto_weight_range
 from ..teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
 from .human import read_human_labels
 from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
 from .verifiers import BUILTIN, get_verifier
-from edge_kto_runtime.errors import InvalidInput
 
-__all__ = ["LABELERS", "LabelConfig", "LabelResult", "OnPolicyConfig", "run_label", "get_verifier", "parse_verdict", "BUILTIN"]
+__all__ = [
+    "LABELERS",
+    "LabelConfig",
+    "LabelResult",
+    "OnPolicyConfig",
+    "run_label",
+    "get_verifier",
+    "parse_verdict",
+    "BUILTIN",
+]
 
 
 @dataclass
@@ -78,18 +88,30 @@ def _student_samples(cfg: OnPolicyConfig, rows: list[dict], progress: bool, stud
         prompts.setdefault(r.get("prompt_id", r["id"]), r)
     own = student is None
     if student is None:
-        student = make_teacher(TeacherConfig(kind="hf", model=cfg.student, batch_size=cfg.batch_size, name=f"student:{cfg.student}"))
+        student = make_teacher(
+            TeacherConfig(kind="hf", model=cfg.student, batch_size=cfg.batch_size, name=f"student:{cfg.student}")
+        )
     out = []
     items = list(prompts.items())
     try:
         for start in tqdm(range(0, len(items), student.batch_size), desc="student samples", disable=not progress):
-            chunk = items[start:start + student.batch_size]
+            chunk = items[start : start + student.batch_size]
             reqs = [GenRequest(pid, r["prompt"], list(range(cfg.sampling.n))) for pid, r in chunk]
             for (pid, r), texts in zip(chunk, student.generate(reqs, cfg.sampling)):
                 for k, text in enumerate(texts):
-                    out.append({"id": f"{pid}#s{k}", "prompt_id": pid, "sample_index": k, "prompt": r["prompt"],
-                                "completion": text, "reference": r.get("reference"), "verifier": r.get("verifier"),
-                                "source": "student", "sampling": cfg.sampling.to_dict()})
+                    out.append(
+                        {
+                            "id": f"{pid}#s{k}",
+                            "prompt_id": pid,
+                            "sample_index": k,
+                            "prompt": r["prompt"],
+                            "completion": text,
+                            "reference": r.get("reference"),
+                            "verifier": r.get("verifier"),
+                            "source": "student",
+                            "sampling": cfg.sampling.to_dict(),
+                        }
+                    )
     finally:
         if own:
             student.close()
@@ -103,8 +125,16 @@ def _verifier_labels(cfg: LabelConfig, rows: list[dict], judge_teacher: Teacher 
     for r in rows:
         name = cfg.verifier or r.get("verifier")
         if not name:
-            raise DataError([DataIssue(cfg.candidates, r.get("_line", 0), "verifier",
-                                       "no verifier configured and the row names none (pass --verifier)")])
+            raise DataError(
+                [
+                    DataIssue(
+                        cfg.candidates,
+                        r.get("_line", 0),
+                        "verifier",
+                        "no verifier configured and the row names none (pass --verifier)",
+                    )
+                ]
+            )
         fn = cache.setdefault(name, get_verifier(name))
         labels.append(bool(fn(r["completion"], r.get("reference"))))
     return labels

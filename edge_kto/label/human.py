@@ -28,7 +28,9 @@ def read_human_labels(path: str | Path) -> dict[str, bool]:
             return
         rid = str(rid)
         if rid in labels:
-            issues.append(DataIssue(str(path), line, "id", f"duplicate id {rid!r} (first seen on line {first_line[rid]})"))
+            issues.append(
+                DataIssue(str(path), line, "id", f"duplicate id {rid!r} (first seen on line {first_line[rid]})")
+            )
             return
         labels[rid], first_line[rid] = value, line
 
@@ -36,11 +38,17 @@ def read_human_labels(path: str | Path) -> dict[str, bool]:
         try:
             text = path.read_bytes().decode("utf-8-sig")  # -sig: Excel writes a BOM before the header
         except UnicodeDecodeError as e:
-            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
             raise DataError([DataIssue(str(path), line, None, "invalid UTF-8 (export the CSV as UTF-8)")]) from None
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames or not {"id", "label"} <= {h.strip() for h in reader.fieldnames}:
-            raise DataError([DataIssue(str(path), 1, None, f"CSV needs a header with columns 'id' and 'label', got {reader.fieldnames}")])
+            raise DataError(
+                [
+                    DataIssue(
+                        str(path), 1, None, f"CSV needs a header with columns 'id' and 'label', got {reader.fieldnames}"
+                    )
+                ]
+            )
         reader.fieldnames = [h.strip() for h in reader.fieldnames]
         for rec in reader:
             line = reader.line_num  # the row's last physical line: quoted fields may span lines
@@ -50,12 +58,26 @@ def read_human_labels(path: str | Path) -> dict[str, bool]:
             elif raw in _CSV_FALSE:
                 add(line, rec.get("id"), False)
             else:
-                issues.append(DataIssue(str(path), line, "label", f"cannot read {rec.get('label')!r} as a label (true/false, 1/0, yes/no, up/down)"))
+                issues.append(
+                    DataIssue(
+                        str(path),
+                        line,
+                        "label",
+                        f"cannot read {rec.get('label')!r} as a label (true/false, 1/0, yes/no, up/down)",
+                    )
+                )
     else:
         for line, obj in iter_jsonl(path, issues):
             lab = obj.get("label")
             if not isinstance(lab, bool):
-                issues.append(DataIssue(str(path), line, "label", f"must be a JSON boolean (true/false), got {type(lab).__name__} {lab!r}"))
+                issues.append(
+                    DataIssue(
+                        str(path),
+                        line,
+                        "label",
+                        f"must be a JSON boolean (true/false), got {type(lab).__name__} {lab!r}",
+                    )
+                )
                 continue
             add(line, obj.get("id"), lab)
     if issues:

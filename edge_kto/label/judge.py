@@ -48,10 +48,12 @@ class LLMJudge:
 
     def judge(self, rows: list[dict]) -> list[bool | None]:
         params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens)
-        reqs = [GenRequest(str(r.get("id", i)), self.messages(r["prompt"], r["completion"], r.get("reference")), [0])
-                for i, r in enumerate(rows)]
+        reqs = [
+            GenRequest(str(r.get("id", i)), self.messages(r["prompt"], r["completion"], r.get("reference")), [0])
+            for i, r in enumerate(rows)
+        ]
         verdicts: list[bool | None] = []
         for start in range(0, len(reqs), self.teacher.batch_size):
-            outs = self.teacher.generate(reqs[start:start + self.teacher.batch_size], params)
+            outs = self.teacher.generate(reqs[start : start + self.teacher.batch_size], params)
             verdicts.extend(parse_verdict(o[0]) for o in outs)
         return verdicts

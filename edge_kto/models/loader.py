@@ -14,8 +14,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .registry import KNOWN_MODELS
 from edge_kto_runtime.errors import InvalidInput, UserError
+
+from .registry import KNOWN_MODELS
 
 
 class ModelNotAvailable(UserError, RuntimeError):

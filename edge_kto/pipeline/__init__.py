@@ -9,5 +9,15 @@
 from .config import BenchSection, EvaluateSection, LabelSection, PipelineConfig
 from .runner import Runner, Stage, StageRun, plan, plan_keys, run_pipeline
 
-__all__ = ["BenchSection", "EvaluateSection", "LabelSection", "PipelineConfig", "Runner", "Stage", "StageRun", "plan", "plan_keys",
-           "run_pipeline"]
+__all__ = [
+    "BenchSection",
+    "EvaluateSection",
+    "LabelSection",
+    "PipelineConfig",
+    "Runner",
+    "Stage",
+    "StageRun",
+    "plan",
+    "plan_keys",
+    "run_pipeline",
+]

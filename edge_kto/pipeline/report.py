@@ -20,17 +20,23 @@ def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = [f"export candidates (select: {selection['mode']}; gate on the golden set):", "",
-             "| candidate | quant | MB | bits/w | KLD | top-1 | hard pairs | task acc (retention) | gate | E2E p99 | shipped |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"export candidates (select: {selection['mode']}; gate on the golden set):",
+        "",
+        "| candidate | quant | MB | bits/w | KLD | top-1 | hard pairs | task acc (retention) | gate | E2E p99 | "
+        "shipped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in selection["candidates"]:
         lat = (bench.get("artifacts") or {}).get(c["path"])
         e2e = f"{1e3 * lat['e2e_s']['p99']:.0f} ms" if lat else "-"
         hard = f"{f(c.get('hard_pref_agree'), '.0%')} of {c['hard_pairs']}" if c.get("hard_pairs") else "-"
-        lines.append(f"| {c['path']} | {c['quant']} | {c['bytes'] / 1e6:.1f} | {f(c.get('bits_per_weight'), '.2f')} | "
-                     f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('top1_agree'), '.1%')} | {hard} | "
-                     f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
-                     f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |")
+        lines.append(
+            f"| {c['path']} | {c['quant']} | {c['bytes'] / 1e6:.1f} | {f(c.get('bits_per_weight'), '.2f')} | "
+            f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('top1_agree'), '.1%')} | {hard} | "
+            f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
+            f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |"
+        )
     return "\n".join(lines) + "\n\n"
 
 
@@ -62,8 +68,19 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
             shown = f"student after, {fmt} {r['quant']}"  # "student after, Q4_K_M" -> "student after, GGUF Q4_K_M"
         else:  # the fp32 transformers models (not benchmarked: not shipped)
             ttft, e2e, size = "-", "-", fp_size
-        rows.append({"name": name, "kind": kind, "label": shown, "accuracy": r["accuracy"], "correct": r["correct"],
-                     "total": r["total"], "ttft": ttft, "e2e_p99": e2e, "size": size})
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "label": shown,
+                "accuracy": r["accuracy"],
+                "correct": r["correct"],
+                "total": r["total"],
+                "ttft": ttft,
+                "e2e_p99": e2e,
+                "size": size,
+            }
+        )
         lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}) | {ttft} | {e2e} | {size} |")
     acc = {r["kind"]: r["accuracy"] for r in ev if r.get("kind") != "artifact"}
     teacher, fp = acc.get("teacher"), acc.get("student_fp")
@@ -78,15 +95,32 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
     def pref(v: dict[str, Any]) -> str:
         return f"{v['pref_agree']:.1%} of {v['pairs']} pairs" if v.get("pref_agree") is not None else "no pairs"
 
-    gate = ", ".join(f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
-                     f"pref {pref(v)})" for k, v in (align.get("per_artifact") or {}).items())
+    gate = ", ".join(
+        f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
+        f"pref {pref(v)})"
+        for k, v in (align.get("per_artifact") or {}).items()
+    )
     cand = _candidates_table(exp.get("selection"), be)
     tr = runs["train"].result.get("final", {})
-    md = (f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student `{cfg.student}`, "
-          f"task `{Path(cfg.task).name}`\n\n" + "\n".join(lines) + "\n\n" + ("; ".join(ret) + "\n\n" if ret else "")
-          + f"alignment gate: {gate or 'not run'}\n\n" + cand + f"training: final loss {tr.get('loss', float('nan')):.4f}, "
-          f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
-          + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items()) + "\n")
-    return {"rows": rows, "retention": ret, "alignment": align, "train": runs["train"].result,
-            "stages": {n: {"dir": str(s.dir), "cached": s.skipped, "seconds": s.seconds} for n, s in runs.items()},
-            "markdown": md}
+    md = (
+        f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student "
+        f"`{cfg.student}`, "
+        f"task `{Path(cfg.task).name}`\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + ("; ".join(ret) + "\n\n" if ret else "")
+        + f"alignment gate: {gate or 'not run'}\n\n"
+        + cand
+        + f"training: final loss {tr.get('loss', float('nan')):.4f}, "
+        f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
+        + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items())
+        + "\n"
+    )
+    return {
+        "rows": rows,
+        "retention": ret,
+        "alignment": align,
+        "train": runs["train"].result,
+        "stages": {n: {"dir": str(s.dir), "cached": s.skipped, "seconds": s.seconds} for n, s in runs.items()},
+        "markdown": md,
+    }

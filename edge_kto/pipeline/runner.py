@@ -1,6 +1,6 @@
-"""``edge-kto run pipeline.yaml``: generate -> label -> train -> finish -> export (+ check) -> evaluate -> bench -> report.
+"""The pipeline runner: generate -> label -> train -> finish -> export (+ check) -> evaluate -> bench -> report.
 
-Each stage writes into ``OUT/stages/<stage>-<key>/``, where ``key`` hashes the stage's config and
+Each stage writes into ``OUT/stages/<stage>-<key>/``, where ``key`` hashes the stage's typed inputs and
 the keys of the stages it reads (the task folder's files included). A finished stage leaves
 ``done.json``; a rerun skips it. Change a setting and only the stages downstream of it run again;
 kill the run and the next one continues: generation from its append log, training from its last
@@ -115,13 +115,27 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     label = cfg.label
     out = [
         Stage("generate", stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train"), (), stages.generate),
-        Stage("generate_eval", stages.GenerateInputs(task, cfg.teacher, cfg.generate_eval, "eval"), (), stages.generate),
-        Stage("label", stages.LabelInputs(cfg.student, label.student_samples, label.student_temperature,
-                                          cfg.generate.max_new_tokens), ("generate",), stages.label),
+        Stage(
+            "generate_eval", stages.GenerateInputs(task, cfg.teacher, cfg.generate_eval, "eval"), (), stages.generate
+        ),
+        Stage(
+            "label",
+            stages.LabelInputs(
+                cfg.student, label.student_samples, label.student_temperature, cfg.generate.max_new_tokens
+            ),
+            ("generate",),
+            stages.label,
+        ),
         # The golden set's preference pairs: the teacher's eval answers plus the student's own, labelled
         # by the verifier (a greedy teacher alone gives one answer per prompt, hence no pairs).
-        Stage("label_eval", stages.LabelInputs(cfg.student, label.eval_student_samples, label.student_temperature,
-                                               cfg.generate.max_new_tokens), ("generate_eval",), stages.label),
+        Stage(
+            "label_eval",
+            stages.LabelInputs(
+                cfg.student, label.eval_student_samples, label.student_temperature, cfg.generate.max_new_tokens
+            ),
+            ("generate_eval",),
+            stages.label,
+        ),
         Stage("train", stages.TrainInputs(cfg.train, cfg.student), ("label",), stages.train),
     ]
     if finished:  # quantization-aware finishing: the export then ships its on-grid weights
@@ -129,8 +143,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     upstream = ("train", "finish") if finished else ("train",)
     out += [
         Stage("export", stages.ExportInputs(cfg.export, task, finished), (*upstream, "label_eval"), stages.export),
-        Stage("evaluate", stages.EvaluateInputs(cfg.evaluate, task, cfg.teacher, cfg.student, cfg.generate_eval, finished),
-              (*upstream, "export", "generate_eval"), stages.evaluate),
+        Stage(
+            "evaluate",
+            stages.EvaluateInputs(cfg.evaluate, task, cfg.teacher, cfg.student, cfg.generate_eval, finished),
+            (*upstream, "export", "generate_eval"),
+            stages.evaluate,
+        ),
         Stage("bench", stages.BenchInputs(cfg.bench, cfg.teacher, task), ("export",), stages.bench),
     ]
     return out
@@ -146,7 +164,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     report = make_report(cfg, r.runs)
     write_json_atomic(out / "report.json", report)
     write_atomic(out / "report.md", report["markdown"])
-    for name, png in (("curves.png", RunFolder(r.runs["train"].dir / "run").curves), ("bench.png", r.runs["bench"].dir / "bench.png")):
+    for name, png in (
+        ("curves.png", RunFolder(r.runs["train"].dir / "run").curves),
+        ("bench.png", r.runs["bench"].dir / "bench.png"),
+    ):
         if png.is_file():
             shutil.copyfile(png, out / name)
     return report

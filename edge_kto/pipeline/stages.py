@@ -49,8 +49,17 @@ class GenerateInputs:
 def generate(inp: GenerateInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
     from ..generate import GenerateConfig, run_generate
 
-    res = run_generate(GenerateConfig(prompts=inp.task.dir, out=str(d / "candidates.jsonl"), teacher=inp.teacher,
-                                      sampling=inp.sampling, split=inp.split, limit=inp.task.limit, progress=progress))
+    res = run_generate(
+        GenerateConfig(
+            prompts=inp.task.dir,
+            out=str(d / "candidates.jsonl"),
+            teacher=inp.teacher,
+            sampling=inp.sampling,
+            split=inp.split,
+            limit=inp.task.limit,
+            progress=progress,
+        )
+    )
     return {"prompts": res.prompts, "written": res.written, "resumed_skipped": res.skipped, "seconds": res.seconds}
 
 
@@ -69,10 +78,17 @@ def label(inp: LabelInputs, d: Path, deps: dict[str, Any], progress: bool) -> di
     (gen,) = deps.values()
     op = None
     if inp.student_samples > 0:
-        op = OnPolicyConfig(inp.student, SamplingParams(n=inp.student_samples, temperature=inp.student_temperature,
-                                                        max_new_tokens=inp.max_new_tokens))
-    res = run_label(LabelConfig(candidates=str(gen.dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op,
-                                progress=progress))
+        op = OnPolicyConfig(
+            inp.student,
+            SamplingParams(
+                n=inp.student_samples, temperature=inp.student_temperature, max_new_tokens=inp.max_new_tokens
+            ),
+        )
+    res = run_label(
+        LabelConfig(
+            candidates=str(gen.dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op, progress=progress
+        )
+    )
     return res.summary
 
 
@@ -103,11 +119,20 @@ def finish(inp: FinishInputs, d: Path, deps: dict[str, Any], progress: bool) -> 
     """Quantization-aware finishing of the trained student on the training rows (never the eval split)."""
     from ..finish import run_finish
 
-    fc = replace(inp.finish, source=str(deps["train"].dir / "run"), data=str(deps["label"].dir / "kto.jsonl"),
-                 out=str(d / "finish"))
+    fc = replace(
+        inp.finish,
+        source=str(deps["train"].dir / "run"),
+        data=str(deps["label"].dir / "kto.jsonl"),
+        out=str(d / "finish"),
+    )
     res = run_finish(fc, progress=progress)
-    return {"model": str(res.model_dir), "steps": res.steps, "resumed_from": res.resumed_from, "final": res.final,
-            "seconds": res.seconds}
+    return {
+        "model": str(res.model_dir),
+        "steps": res.steps,
+        "resumed_from": res.resumed_from,
+        "final": res.final,
+        "seconds": res.seconds,
+    }
 
 
 @dataclass(frozen=True)
@@ -125,12 +150,24 @@ def export(inp: ExportInputs, d: Path, deps: dict[str, Any], progress: bool) -> 
         golden = Path(inp.task.dir)
     source = deps["finish"].dir / "finish" if inp.finished else deps["train"].dir / "run"
     verifier = inp.export.golden_verifier or read_task(inp.task.dir).verifier
-    ec = replace(inp.export, golden_verifier=verifier, source=str(source), out=str(d / "bundle"),
-                 golden_data=str(golden), force=True)
+    ec = replace(
+        inp.export,
+        golden_verifier=verifier,
+        source=str(source),
+        out=str(d / "bundle"),
+        golden_data=str(golden),
+        force=True,
+    )
     res = run_export(ec, progress=progress)
-    return {"bundle": str(res.bundle), "timings": res.timings, "alignment": res.manifest.get("alignment"),
-            "selection": res.manifest.get("selection"),
-            "artifacts": [{k: a.get(k) for k in ("path", "quant", "bytes", "bits_per_weight")} for a in res.manifest["artifacts"]]}
+    return {
+        "bundle": str(res.bundle),
+        "timings": res.timings,
+        "alignment": res.manifest.get("alignment"),
+        "selection": res.manifest.get("selection"),
+        "artifacts": [
+            {k: a.get(k) for k in ("path", "quant", "bytes", "bits_per_weight")} for a in res.manifest["artifacts"]
+        ],
+    }
 
 
 def _teacher_from_generate_eval(gen_eval: Any, sampling: SamplingParams, task: Any, max_new_tokens: int):
@@ -171,19 +208,32 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
     mx = e.max_new_tokens
     results: list[tuple[Any, dict[str, Any]]] = []
     if e.teacher:
-        r = (_teacher_from_generate_eval(deps["generate_eval"], inp.generate_eval, task, mx)
-             or eval_teacher("teacher (with context)", inp.teacher, task, with_context=True, max_new_tokens=mx))
+        r = _teacher_from_generate_eval(deps["generate_eval"], inp.generate_eval, task, mx) or eval_teacher(
+            "teacher (with context)", inp.teacher, task, with_context=True, max_new_tokens=mx
+        )
         results.append((r, {"kind": "teacher"}))
     if e.student_before:
-        results.append((eval_teacher("student before", TeacherConfig(kind="hf", model=inp.student), task, False, mx),
-                        {"kind": "student_before"}))
+        results.append(
+            (
+                eval_teacher("student before", TeacherConfig(kind="hf", model=inp.student), task, False, mx),
+                {"kind": "student_before"},
+            )
+        )
     fp_dir = RunFolder(deps["train"].dir / "run").model
-    results.append((eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
-                    {"kind": "student_fp"}))
+    results.append(
+        (
+            eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
+            {"kind": "student_fp"},
+        )
+    )
     if inp.finished and e.finished:  # the finished weights in torch: what 4-bit should reproduce
         fin = TeacherConfig(kind="hf", model=str(RunFolder(deps["finish"].dir / "finish", FINISH).model))
-        results.append((eval_teacher("student finished (fp32, on the 4-bit grid)", fin, task, False, mx),
-                        {"kind": "student_finished"}))
+        results.append(
+            (
+                eval_teacher("student finished (fp32, on the 4-bit grid)", fin, task, False, mx),
+                {"kind": "student_finished"},
+            )
+        )
     bundle = deps["export"].dir / "bundle"
     for art in open_bundle(bundle, verify=False).artifacts:
         r = eval_artifact(f"student after, {art.quant}", str(bundle), art.path, task, mx)
@@ -220,8 +270,13 @@ def _teacher_latency(inp: BenchInputs) -> dict[str, Any] | None:
     try:
         for i in range(1 + b.teacher_runs):  # one warm-up
             it = task.eval[i % len(task.eval)]
-            text = render_chat(eng.chat_template or "", teacher_messages(it.prompt, task.system, task.teacher_context),
-                               True, bos_token=bos, eos_token=eos)
+            text = render_chat(
+                eng.chat_template or "",
+                teacher_messages(it.prompt, task.system, task.teacher_context),
+                True,
+                bos_token=bos,
+                eos_token=eos,
+            )
             ids = eng.prompt_ids(text)  # the teacher's own BOS rule
             eng.reset()
             t0 = time.perf_counter()
@@ -239,11 +294,25 @@ def bench(inp: BenchInputs, d: Path, deps: dict[str, Any], progress: bool) -> di
     from edge_kto_runtime.bench_report import markdown, plot
 
     b = inp.bench
-    rep = run_bench(BenchConfig(bundle=str(deps["export"].dir / "bundle"), compare=True, runs=b.runs, warmup=b.warmup,
-                                n_prompt=b.n_prompt, n_gen=b.n_gen, threads=b.threads), progress=False)
+    rep = run_bench(
+        BenchConfig(
+            bundle=str(deps["export"].dir / "bundle"),
+            compare=True,
+            runs=b.runs,
+            warmup=b.warmup,
+            n_prompt=b.n_prompt,
+            n_gen=b.n_gen,
+            threads=b.threads,
+        ),
+        progress=False,
+    )
     write_atomic(d / "bench.json", json.dumps(rep, indent=2))
     write_atomic(d / "bench.md", markdown(rep))
     plot(rep, d / "bench.png")
     teacher = _teacher_latency(inp) if b.teacher else None
-    return {"artifacts": {r["artifact"]: {"ttft_s": r["ttft_s"], "e2e_s": r["e2e_s"], "bytes": r["bytes"]} for r in rep["results"]},
-            "teacher": teacher}
+    return {
+        "artifacts": {
+            r["artifact"]: {"ttft_s": r["ttft_s"], "e2e_s": r["e2e_s"], "bytes": r["bytes"]} for r in rep["results"]
+        },
+        "teacher": teacher,
+    }

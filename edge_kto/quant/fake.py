@@ -91,8 +91,11 @@ class FakeQuantLinear(nn.Module):
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The decoder's Linear layers that the 4-bit exports quantize (everything but the LM head)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and m is not head and m.in_features % BLOCK == 0}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m is not head and m.in_features % BLOCK == 0
+    }
 
 
 # The projections onnxruntime-genai's builder keeps at int8 with ``matmul_mixed_precision=mixed_layers:int8``
@@ -104,15 +107,19 @@ MIXED_8BIT_GGUF = ("attn_q", "attn_k", "attn_v", "ffn_down")
 def mixed_8bit_layers(n_layers: int) -> list[int]:
     """The sensitive layers, exactly as onnxruntime-genai's builder picks them (float division):
     the first and last eighth, and every third layer in between."""
-    return [i for i in range(n_layers)
-            if i < n_layers / 8 or i >= 7 * n_layers / 8 or (i - round(n_layers / 8)) % 3 == 2]
+    return [
+        i for i in range(n_layers) if i < n_layers / 8 or i >= 7 * n_layers / 8 or (i - round(n_layers / 8)) % 3 == 2
+    ]
 
 
 def mixed_8bit_names(model: nn.Module) -> list[str]:
     """Names of the Linears that ship at 8-bit in a mixed export (not fake-quantized to 4-bit)."""
     layers = mixed_8bit_layers(model.config.num_hidden_layers)
-    return [n for n in quantizable_linears(model)
-            if any(n.endswith(f"layers.{i}.{m}") for i in layers for m in MIXED_8BIT_MODULES)]
+    return [
+        n
+        for n in quantizable_linears(model)
+        if any(n.endswith(f"layers.{i}.{m}") for i in layers for m in MIXED_8BIT_MODULES)
+    ]
 
 
 def mixed_8bit_gguf_pattern(layers: list[int]) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edge_kto_runtime.errors import InvalidInput
 
 # HF Llama-family module names -> GGUF tensor names (llama.cpp's tensor map for LLaMA / Qwen2 / SmolLM).
@@ -61,14 +62,19 @@ class Imatrix:
 
     def check_shapes(self, expected: dict[str, int], where: str = "imatrix") -> None:
         """Refuse entries whose column count differs from the model's tensor (llama.cpp would abort)."""
-        bad = [f"{k}: {v.size} values, the model's tensor has {expected[k]} input columns"
-               for k, v in self.sums.items() if k in expected and v.size != expected[k]]
+        bad = [
+            f"{k}: {v.size} values, the model's tensor has {expected[k]} input columns"
+            for k, v in self.sums.items()
+            if k in expected and v.size != expected[k]
+        ]
         bad += [f"{k}: non-finite values" for k, v in self.sums.items() if not np.isfinite(v).all()]
         if bad:
             raise ImatrixError(f"{where}: does not fit this model:\n  " + "\n  ".join(bad[:10]))
         if not set(self.sums) & set(expected):
-            raise ImatrixError(f"{where}: none of its {len(self.sums)} tensor names are in the model "
-                               f"(e.g. {next(iter(self.sums), '-')!r} vs {next(iter(expected), '-')!r})")
+            raise ImatrixError(
+                f"{where}: none of its {len(self.sums)} tensor names are in the model "
+                f"(e.g. {next(iter(self.sums), '-')!r} vs {next(iter(expected), '-')!r})"
+            )
 
 
 def compute_imatrix(model: Any, sequences: list[list[int]], progress: bool = True, dataset: str = "") -> Imatrix:
@@ -87,6 +93,7 @@ def compute_imatrix(model: Any, sequences: list[list[int]], progress: bool = Tru
             s = (x * x).sum(0).numpy()
             im.sums[name] = im.sums.get(name, 0) + s
             im.counts[name] = im.counts.get(name, 0) + x.shape[0]
+
         return fn
 
     for hf_name, mod in quantizable_linears(model).items():

@@ -11,10 +11,11 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
-from ..data import Messages
+from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 from edge_kto_runtime.errors import InvalidInput
 from edge_kto_runtime.plugins import import_target
-from edge_kto_runtime.defaults import MAX_NEW_TOKENS
+
+from ..data import Messages
 
 
 @dataclass

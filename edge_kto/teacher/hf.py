@@ -45,8 +45,8 @@ class HFTeacher(Teacher):
             num_return_sequences=1 if greedy else n,
             pad_token_id=self.tok.pad_token_id,
         )
-        gen = out[:, enc["input_ids"].shape[1]:]
+        gen = out[:, enc["input_ids"].shape[1] :]
         decoded = [t.strip() for t in self.tok.batch_decode(gen, skip_special_tokens=True)]
         if greedy:  # one deterministic answer per prompt, repeated for each wanted index
             return [[decoded[i]] * len(r.sample_indices) for i, r in enumerate(requests)]
-        return [decoded[i * n:i * n + len(r.sample_indices)] for i, r in enumerate(requests)]
+        return [decoded[i * n : i * n + len(r.sample_indices)] for i, r in enumerate(requests)]

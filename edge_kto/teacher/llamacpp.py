@@ -37,10 +37,19 @@ class LlamaCppTeacher(Teacher):
             tokens = self.prompt_tokens(r.messages)
             # No reset between samples: the engine keeps the KV cache of the longest common prefix, so
             # the shared system prompt / knowledge text is evaluated once, not once per sample.
-            results.append([self.engine.sample_text(tokens, params.max_new_tokens, 0.0 if greedy else params.temperature,
-                                                    1.0 if greedy else params.top_p, 1 if greedy else 0,
-                                                    sample_seed(params.seed, r.key, idx)).strip()
-                            for idx in r.sample_indices])
+            results.append(
+                [
+                    self.engine.sample_text(
+                        tokens,
+                        params.max_new_tokens,
+                        0.0 if greedy else params.temperature,
+                        1.0 if greedy else params.top_p,
+                        1 if greedy else 0,
+                        sample_seed(params.seed, r.key, idx),
+                    ).strip()
+                    for idx in r.sample_indices
+                ]
+            )
         return results
 
     def close(self) -> None:

@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
 from edge_kto_runtime.errors import InvalidInput, ToolError
+
+from .base import GenRequest, SamplingParams, Teacher, TeacherConfig, sample_seed
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -37,8 +38,9 @@ class OpenAITeacher(Teacher):
         key = os.environ.get(cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.Client(timeout=cfg.timeout_s, headers=headers,
-                                   limits=httpx.Limits(max_connections=max(1, cfg.concurrency)))
+        self.client = httpx.Client(
+            timeout=cfg.timeout_s, headers=headers, limits=httpx.Limits(max_connections=max(1, cfg.concurrency))
+        )
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="teacher-http")
 
     def _post(self, body: dict) -> str:
@@ -64,8 +66,10 @@ class OpenAITeacher(Teacher):
         try:
             data = resp.json()
         except ValueError:
-            raise TeacherHTTPError(f"{self.url}: HTTP 200 but not JSON ({resp.headers.get('content-type', '?')}): "
-                                   f"{resp.text[:200]!r} — is base_url the API root (…/v1)?") from None
+            raise TeacherHTTPError(
+                f"{self.url}: HTTP 200 but not JSON ({resp.headers.get('content-type', '?')}): "
+                f"{resp.text[:200]!r} — is base_url the API root (…/v1)?"
+            ) from None
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise TeacherHTTPError(f"{self.url}: HTTP 200 without a choice: {str(data)[:200]}")

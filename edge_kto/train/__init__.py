@@ -8,4 +8,13 @@ from .examples import TrainDataError
 from .loss import KTOLossOutput, estimate_z0, kto_loss
 from .recipe import TrainResult, run_train
 
-__all__ = ["KTOLossOutput", "LoraConfig", "TrainConfig", "TrainDataError", "TrainResult", "estimate_z0", "kto_loss", "run_train"]
+__all__ = [
+    "KTOLossOutput",
+    "LoraConfig",
+    "TrainConfig",
+    "TrainDataError",
+    "TrainResult",
+    "estimate_z0",
+    "kto_loss",
+    "run_train",
+]

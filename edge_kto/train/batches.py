@@ -29,12 +29,14 @@ def _mixed_length_batches(part: list[int], examples: list[Tokenized], global_bat
     for j in range(nb):
         lo, hi = round(j * len(good) / nb), round((j + 1) * len(good) / nb)
         n_bad = global_batch - (hi - lo)
-        batches.append(good[lo:hi] + bad[u:u + n_bad])
+        batches.append(good[lo:hi] + bad[u : u + n_bad])
         u += n_bad
     return batches
 
 
-def plan_batches(examples: list[Tokenized], global_batch: int, steps: int, seed: int, group_by_length: bool) -> list[list[int]]:
+def plan_batches(
+    examples: list[Tokenized], global_batch: int, steps: int, seed: int, group_by_length: bool
+) -> list[list[int]]:
     """``steps`` global micro-batches of ``global_batch`` example positions each.
 
     With ``group_by_length``, each epoch is shuffled, cut into chunks of 32 batches, each chunk
@@ -52,12 +54,12 @@ def plan_batches(examples: list[Tokenized], global_batch: int, steps: int, seed:
             chunk = global_batch * 32
             batches = []
             for s in range(0, len(order), chunk):
-                batches += _mixed_length_batches(order[s:s + chunk], examples, global_batch)
+                batches += _mixed_length_batches(order[s : s + chunk], examples, global_batch)
             rng.shuffle(batches)
             for b in batches:
                 rng.shuffle(b)
         else:
-            batches = [order[j:j + global_batch] for j in range(0, len(order), global_batch)]
+            batches = [order[j : j + global_batch] for j in range(0, len(order), global_batch)]
         plan += batches
     return plan[:steps]
 
@@ -100,9 +102,9 @@ def pad_pairs(seqs: list[tuple[list[int], list[int]]], pad_id: int, max_length: 
     comp = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, (p, c) in enumerate(seqs):
         full = (p + c)[:width]
-        ids[i, :len(full)] = torch.tensor(full)
-        att[i, :len(full)] = 1
-        comp[i, len(p):len(full)] = 1
+        ids[i, : len(full)] = torch.tensor(full)
+        att[i, : len(full)] = 1
+        comp[i, len(p) : len(full)] = 1
     return ids, att, comp
 
 
@@ -114,8 +116,15 @@ def collate(examples: list[Tokenized], global_rows: list[int], local: slice, pad
     kl = [(examples[global_rows[i]].prompt_ids, examples[global_rows[(i + 1) % n]].completion_ids) for i in mine]
     ids, att, comp = pad_pairs(target, pad_id, max_length)
     kids, katt, kcomp = pad_pairs(kl, pad_id, max_length)
-    return Batch(ids, att, comp, kids, katt, kcomp,
-                 labels=torch.tensor([examples[global_rows[i]].label for i in mine], dtype=torch.bool),
-                 index=torch.tensor([global_rows[i] for i in mine], dtype=torch.long),
-                 kl_index=torch.tensor([global_rows[(i + 1) % n] for i in mine], dtype=torch.long),
-                 tokens=int(att.sum()))
+    return Batch(
+        ids,
+        att,
+        comp,
+        kids,
+        katt,
+        kcomp,
+        labels=torch.tensor([examples[global_rows[i]].label for i in mine], dtype=torch.bool),
+        index=torch.tensor([global_rows[i] for i in mine], dtype=torch.long),
+        kl_index=torch.tensor([global_rows[(i + 1) % n] for i in mine], dtype=torch.long),
+        tokens=int(att.sum()),
+    )

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..jsonl import write_json_atomic
 from edge_kto_runtime.errors import InvalidInput
+
+from ..jsonl import write_json_atomic
 
 PREFIX = "step-"
 
@@ -52,13 +53,21 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def latest_checkpoint(ckpt_dir: Path) -> Checkpoint | None:
     found = []
     for p in ckpt_dir.glob(f"{PREFIX}*"):
-        if (p / "state.json").is_file() and p.name[len(PREFIX):].isdigit():
-            found.append(Checkpoint(p, int(p.name[len(PREFIX):])))
+        if (p / "state.json").is_file() and p.name[len(PREFIX) :].isdigit():
+            found.append(Checkpoint(p, int(p.name[len(PREFIX) :])))
     return max(found, key=lambda c: c.step) if found else None
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    accelerator: Any, extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Any,
+    extra: dict[str, Any],
+    keep: int,
+) -> Path:
     """Collective: every process calls it (each writes its own RNG state)."""
     final = ckpt_dir / f"{PREFIX}{step:07d}"
     tmp = ckpt_dir / f".tmp-{PREFIX}{step:07d}"
@@ -88,13 +97,17 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, sc
 
     state = json.loads((ckpt.path / "state.json").read_text())
     if state.get("world_size") != accelerator.num_processes:
-        raise InvalidInput(f"{ckpt.path}: saved with {state.get('world_size')} processes, resuming with "
-                           f"{accelerator.num_processes}; resume with the same number of processes")
+        raise InvalidInput(
+            f"{ckpt.path}: saved with {state.get('world_size')} processes, resuming with "
+            f"{accelerator.num_processes}; resume with the same number of processes"
+        )
     weights = torch.load(ckpt.path / "adapter.pt", weights_only=True)
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise InvalidInput(f"{ckpt.path}: adapter does not fit this model (e.g. {missing[0]}); was the LoRA config changed?")
+        raise InvalidInput(
+            f"{ckpt.path}: adapter does not fit this model (e.g. {missing[0]}); was the LoRA config changed?"
+        )
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device))

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .loss import LOSS_TYPES
 from edge_kto_runtime.errors import InvalidInput
+
+from .loss import LOSS_TYPES
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -75,7 +76,9 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             errs.append(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.batch_size < 2:
-            errs.append("batch_size: KTO's KL estimate pairs each row with another row of the batch; use >= 2 (8+ recommended)")
+            errs.append(
+                "batch_size: KTO's KL estimate pairs each row with another row of the batch; use >= 2 (8+ recommended)"
+            )
         for name in ("grad_accum", "max_length", "max_prompt_length", "save_steps", "lora.r"):
             obj, attr = (self.lora, "r") if name == "lora.r" else (self, name)
             if getattr(obj, attr) < 1:
@@ -107,7 +110,9 @@ class TrainConfig:
         if isinstance(lora, dict):
             lknown = {f.name for f in dataclasses.fields(LoraConfig)}
             if set(lora) - lknown:
-                raise InvalidInput(f"{where}: unknown lora option(s) {sorted(set(lora) - lknown)}; known: {sorted(lknown)}")
+                raise InvalidInput(
+                    f"{where}: unknown lora option(s) {sorted(set(lora) - lknown)}; known: {sorted(lknown)}"
+                )
             lora = LoraConfig(**lora)
         return cls(lora=lora, **d)
 

@@ -28,7 +28,9 @@ class CompletionLogps(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
         backbone, head = causal_lm_parts(self.model)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         predicts = completion_mask[:, 1:].bool()  # position t-1 predicts token t
@@ -39,4 +41,6 @@ class CompletionLogps(nn.Module):
         if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over the vocab in fp32, never below
             logits = logits.float()
         token_logps = -F.cross_entropy(logits, targets, reduction="none")
-        return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+        return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
+            0, rows, token_logps
+        )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
 from edge_kto_runtime.errors import InvalidInput
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
@@ -30,7 +31,9 @@ class KTOLossOutput:
     losses: torch.Tensor  # per-row weighted loss, in input order
 
 
-def estimate_z0(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def estimate_z0(
+    policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean KL log-ratio over mismatched pairs, summed and counted across all processes, clamped at 0.
 
     ``valid`` masks out empty mismatched sequences (no completion tokens survived truncation).

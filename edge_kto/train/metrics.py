@@ -15,8 +15,19 @@ import torch
 from ..jsonl import write_atomic
 
 # Sums accumulated over an optimizer step's micro-batches (then summed over processes).
-_FIELDS = ("loss_sum", "rows", "kl_sum", "kl_n", "chosen_reward", "chosen_logps", "n_chosen",
-           "rejected_reward", "rejected_logps", "n_rejected", "tokens")
+_FIELDS = (
+    "loss_sum",
+    "rows",
+    "kl_sum",
+    "kl_n",
+    "chosen_reward",
+    "chosen_logps",
+    "n_chosen",
+    "rejected_reward",
+    "rejected_logps",
+    "n_rejected",
+    "tokens",
+)
 
 
 class StepAccumulator:
@@ -27,12 +38,29 @@ class StepAccumulator:
     def reset(self) -> None:
         self.sums = torch.zeros(len(_FIELDS), dtype=torch.float64, device=self.device)
 
-    def add(self, losses: torch.Tensor, kl: torch.Tensor, rewards: torch.Tensor, logps: torch.Tensor,
-            labels: torch.Tensor, tokens: int) -> None:
+    def add(
+        self,
+        losses: torch.Tensor,
+        kl: torch.Tensor,
+        rewards: torch.Tensor,
+        logps: torch.Tensor,
+        labels: torch.Tensor,
+        tokens: int,
+    ) -> None:
         d, u = labels.bool(), ~labels.bool()
-        vals = [losses.detach().double().sum(), float(len(losses)), kl.detach().double(), 1.0,
-                rewards[d].double().sum(), logps.detach()[d].double().sum(), float(d.sum()),
-                rewards[u].double().sum(), logps.detach()[u].double().sum(), float(u.sum()), float(tokens)]
+        vals = [
+            losses.detach().double().sum(),
+            float(len(losses)),
+            kl.detach().double(),
+            1.0,
+            rewards[d].double().sum(),
+            logps.detach()[d].double().sum(),
+            float(d.sum()),
+            rewards[u].double().sum(),
+            logps.detach()[u].double().sum(),
+            float(u.sum()),
+            float(tokens),
+        ]
         self.sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in vals])
 
     def reduce(self, accelerator: Any, n_processes: int) -> dict[str, float]:
@@ -70,9 +98,12 @@ def plot_curves(rows: list[dict], out: Path, title: str = "KTO training") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("loss", ["loss"]), ("kl (z0)", ["kl"]),
-              ("rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
-              ("completion log-probs", ["logps/chosen", "logps/rejected"])]
+    panels = [
+        ("loss", ["loss"]),
+        ("kl (z0)", ["kl"]),
+        ("rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+        ("completion log-probs", ["logps/chosen", "logps/rejected"]),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, (name, keys) in zip(axes.flat, panels):
         for k in keys:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from edge_kto_runtime.errors import InputExists, InvalidInput
+
 from ..data import read_kto
 from ..jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from ..models import load_model, load_tokenizer
@@ -34,10 +36,16 @@ from .examples import prepare_examples
 from .logps import CompletionLogps
 from .loss import estimate_z0, kto_loss
 from .metrics import StepAccumulator, plot_curves
-from .reference import (ReferenceTable, cache_key, cached_reference, compute_reference, default_cache_dir,
-                        needed_sequences, weights_fingerprint)
+from .reference import (
+    ReferenceTable,
+    cache_key,
+    cached_reference,
+    compute_reference,
+    default_cache_dir,
+    needed_sequences,
+    weights_fingerprint,
+)
 from .sft import attach_lora, sft_warm_start
-from edge_kto_runtime.errors import InputExists, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +112,9 @@ def _prepare_run_dir(run: Path, resume: bool, force: bool, acc: Any) -> None:
         folder = RunFolder(run)
         done, ckpts = folder.finished(), latest_checkpoint(folder.checkpoints)
         if not resume and (done or ckpts or folder.metrics.exists()):
-            raise InputExists(f"{run}: already holds a training run; pass --resume to continue it or --force to start over")
+            raise InputExists(
+                f"{run}: already holds a training run; pass --resume to continue it or --force to start over"
+            )
         if resume and done:
             raise InputExists(f"{run}: this run already finished (train_report.json); nothing to resume")
         run.mkdir(parents=True, exist_ok=True)
@@ -120,7 +130,9 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
     # cpu=True is what lets accelerate see a torchrun/accelerate-launch world on a machine without GPUs (gloo).
     acc = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=not torch.cuda.is_available())
     if cfg.batch_size % acc.num_processes:
-        raise InvalidInput(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})")
+        raise InvalidInput(
+            f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})"
+        )
     run = Path(cfg.out)
 
     # 1. Rows -> token ids. Every bad-input check happens here, before the model is loaded.
@@ -155,25 +167,38 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
         seqs = needed_sequences(plan, examples, with_kl=cfg.loss_type == "kto")
 
         def score(batch: list[tuple[int, int]]) -> torch.Tensor:
-            ids, att, comp = (t.to(acc.device) for t in pad_pairs(
-                [(examples[p].prompt_ids, examples[c].completion_ids) for p, c in batch], pad_id, cfg.max_length))
+            ids, att, comp = (
+                t.to(acc.device)
+                for t in pad_pairs(
+                    [(examples[p].prompt_ids, examples[c].completion_ids) for p, c in batch], pad_id, cfg.max_length
+                )
+            )
             with torch.no_grad(), model.disable_adapter(), acc.autocast():
                 return module(ids, att, comp)
 
         key = cache_key(fingerprint, examples, seqs, _mixed_precision(cfg))
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-        reference, hit = cached_reference(key, cache, lambda: compute_reference(
-            score, seqs, examples, acc, max_tokens=cfg.batch_size * cfg.max_length // 2, progress=progress), acc)
+        reference, hit = cached_reference(
+            key,
+            cache,
+            lambda: compute_reference(
+                score, seqs, examples, acc, max_tokens=cfg.batch_size * cfg.max_length // 2, progress=progress
+            ),
+            acc,
+        )
         report["reference"] = {"sequences": len(seqs), "cached": hit, "cache_file": str(cache / f"{key}.pt")}
 
     # 4. Optimizer, schedule, accelerate, and (with --resume) the last checkpoint.
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * steps), num_training_steps=steps)
+    scheduler = get_scheduler(
+        schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * steps), num_training_steps=steps
+    )
     module, optimizer = acc.prepare(module, optimizer)  # the scheduler stays ours: one step per optimizer step
-    state = TrainState(cfg, acc, run, tok, model, module, optimizer, scheduler, examples, plan, steps, pad_id,
-                       reference, report)
+    state = TrainState(
+        cfg, acc, run, tok, model, module, optimizer, scheduler, examples, plan, steps, pad_id, reference, report
+    )
     if resume:
         ckpt = latest_checkpoint(RunFolder(run).checkpoints)
         if ckpt is not None:
@@ -181,8 +206,15 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
             state.start_step = ckpt.step
             state.report["resumed_from"] = ckpt.step
     if acc.is_main_process:
-        write_json_atomic(RunFolder(run).config_path, {**cfg.to_dict(), "world_size": acc.num_processes,
-                                                "mixed_precision": _mixed_precision(cfg), "steps": steps})
+        write_json_atomic(
+            RunFolder(run).config_path,
+            {
+                **cfg.to_dict(),
+                "world_size": acc.num_processes,
+                "mixed_precision": _mixed_precision(cfg),
+                "steps": steps,
+            },
+        )
     return state
 
 
@@ -201,7 +233,11 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
         else:
             with s.model.disable_adapter():
                 ref_logps = policy(batch.input_ids, batch.attention_mask, batch.completion_mask)
-                ref_kl = policy(batch.kl_input_ids, batch.kl_attention_mask, batch.kl_completion_mask) if cfg.loss_type == "kto" else None
+                ref_kl = (
+                    policy(batch.kl_input_ids, batch.kl_attention_mask, batch.kl_completion_mask)
+                    if cfg.loss_type == "kto"
+                    else None
+                )
         z0 = torch.zeros((), device=device)
         if cfg.loss_type == "kto":
             pol_kl = policy(batch.kl_input_ids, batch.kl_attention_mask, batch.kl_completion_mask)
@@ -210,9 +246,16 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
     with sync:
         with acc.autocast():
             logps = s.module(batch.input_ids, batch.attention_mask, batch.completion_mask)
-        out = kto_loss(logps, ref_logps.to(logps.dtype), batch.labels, z0, beta=cfg.beta,
-                       desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-                       loss_type=cfg.loss_type)
+        out = kto_loss(
+            logps,
+            ref_logps.to(logps.dtype),
+            batch.labels,
+            z0,
+            beta=cfg.beta,
+            desirable_weight=cfg.desirable_weight,
+            undesirable_weight=cfg.undesirable_weight,
+            loss_type=cfg.loss_type,
+        )
         acc.backward(out.loss / cfg.grad_accum)
     acc_stats.add(out.losses, out.kl, out.rewards, logps, batch.labels, batch.tokens)
 
@@ -240,7 +283,9 @@ def train_loop(s: TrainState, progress: bool = True) -> None:
     log_file = _metrics_log(s)
     trainable = [p for p in s.model.parameters() if p.requires_grad]
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    bar = tqdm(total=s.steps, initial=s.start_step, desc="KTO", unit="step", disable=not (progress and acc.is_main_process))
+    bar = tqdm(
+        total=s.steps, initial=s.start_step, desc="KTO", unit="step", disable=not (progress and acc.is_main_process)
+    )
     s.module.train()
     for step in range(s.start_step, s.steps):
         t = time.perf_counter()
@@ -259,8 +304,13 @@ def train_loop(s: TrainState, progress: bool = True) -> None:
         s.optimizer.zero_grad(set_to_none=True)
         lr = s.scheduler.get_last_lr()[0]
         s.scheduler.step()
-        row = {"step": step + 1, **stats.reduce(acc, n), "lr": lr,
-               "grad_norm": float(grad_norm) if finite else None, "skipped": not finite}
+        row = {
+            "step": step + 1,
+            **stats.reduce(acc, n),
+            "lr": lr,
+            "grad_norm": float(grad_norm) if finite else None,
+            "skipped": not finite,
+        }
         dt = time.perf_counter() - t
         row.update({"seconds": dt, "samples/s": row["rows"] / dt, "tokens/s": row["tokens"] / dt})
         s.history.append(row)
@@ -269,8 +319,16 @@ def train_loop(s: TrainState, progress: bool = True) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.3f}", margin=f"{row['rewards/margins'] or 0:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < s.steps:
-            save_checkpoint(RunFolder(s.run_dir).checkpoints, step + 1, s.model, s.optimizer, s.scheduler, acc,
-                            {"loss": row["loss"]}, cfg.keep_checkpoints)
+            save_checkpoint(
+                RunFolder(s.run_dir).checkpoints,
+                step + 1,
+                s.model,
+                s.optimizer,
+                s.scheduler,
+                acc,
+                {"loss": row["loss"]},
+                cfg.keep_checkpoints,
+            )
     bar.close()
     if log_file:
         log_file.close()
@@ -293,9 +351,27 @@ def finish_training(s: TrainState, seconds: float) -> TrainResult:
             s.tokenizer.save_pretrained(str(model_dir))
         if cfg.plot:
             plot = plot_curves(s.history, folder.curves, title=f"KTO: {Path(cfg.data).name} on {cfg.model}")
-        s.report.update({"steps": s.steps, "skipped_steps": s.skipped_steps, "seconds": seconds,
-                         "world_size": acc.num_processes, "final": final})
+        s.report.update(
+            {
+                "steps": s.steps,
+                "skipped_steps": s.skipped_steps,
+                "seconds": seconds,
+                "world_size": acc.num_processes,
+                "final": final,
+            }
+        )
         write_json_atomic(folder.report_path, s.report)  # written last: marks the run complete
     acc.wait_for_everyone()
-    return TrainResult(run, s.steps, adapter_dir, model_dir, folder.metrics, plot, final, s.report, seconds,
-                       s.report.get("resumed_from"), acc.is_main_process)
+    return TrainResult(
+        run,
+        s.steps,
+        adapter_dir,
+        model_dir,
+        folder.metrics,
+        plot,
+        final,
+        s.report,
+        seconds,
+        s.report.get("resumed_from"),
+        acc.is_main_process,
+    )

@@ -70,7 +70,9 @@ class ReferenceTable:
         self.values = values
 
     def lookup(self, prompts: list[int], completions: list[int], device: torch.device) -> torch.Tensor:
-        return torch.tensor([self.values[(p, c)] for p, c in zip(prompts, completions)], dtype=torch.float32, device=device)
+        return torch.tensor(
+            [self.values[(p, c)] for p, c in zip(prompts, completions)], dtype=torch.float32, device=device
+        )
 
     def save(self, path: Path) -> None:
         keys = torch.tensor(list(self.values.keys()), dtype=torch.long).reshape(-1, 2)
@@ -114,10 +116,12 @@ def compute_reference(
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    mine = seqs[accelerator.process_index::accelerator.num_processes]
+    mine = seqs[accelerator.process_index :: accelerator.num_processes]
     batches = _length_batches(mine, examples, max_tokens)
     local: list[tuple[Seq, float]] = []
-    bar = tqdm(batches, desc="reference log-probs", unit="batch", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        batches, desc="reference log-probs", unit="batch", disable=not (progress and accelerator.is_main_process)
+    )
     for b in bar:
         local += list(zip(b, score(b).double().tolist()))
     gathered = gather_object(local) if accelerator.num_processes > 1 else local

@@ -24,8 +24,13 @@ from .tokenize import Tokenized
 def attach_lora(model: Any, cfg: TrainConfig, name: str = "default") -> Any:
     from peft import LoraConfig, get_peft_model
 
-    lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                    target_modules=cfg.lora.targets, task_type="CAUSAL_LM")
+    lc = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lc, adapter_name=name)
 
 
@@ -36,12 +41,19 @@ def _sft_batches(examples: list[Tokenized], batch: int, steps: int, seed: int) -
     while len(plan) < steps:
         order = good[:]
         rng.shuffle(order)
-        plan += [order[j:j + batch] for j in range(0, len(order) - batch + 1, batch)] or [order]
+        plan += [order[j : j + batch] for j in range(0, len(order) - batch + 1, batch)] or [order]
     return plan[:steps]
 
 
-def sft_warm_start(model: Any, examples: list[Tokenized], cfg: TrainConfig, accelerator: Any, run_dir: Path,
-                   pad_id: int, progress: bool = True) -> Any:
+def sft_warm_start(
+    model: Any,
+    examples: list[Tokenized],
+    cfg: TrainConfig,
+    accelerator: Any,
+    run_dir: Path,
+    pad_id: int,
+    progress: bool = True,
+) -> Any:
     """Return ``model`` with an SFT LoRA trained (or reloaded) on desirable rows and merged in."""
     from peft import PeftModel
     from tqdm.auto import tqdm
@@ -55,23 +67,34 @@ def sft_warm_start(model: Any, examples: list[Tokenized], cfg: TrainConfig, acce
     per = cfg.batch_size // accelerator.num_processes
     local = slice(accelerator.process_index * per, (accelerator.process_index + 1) * per)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.sft_lr)
-    sched = get_scheduler("linear", opt, num_warmup_steps=int(cfg.warmup_ratio * cfg.sft_steps),
-                          num_training_steps=cfg.sft_steps)
+    sched = get_scheduler(
+        "linear", opt, num_warmup_steps=int(cfg.warmup_ratio * cfg.sft_steps), num_training_steps=cfg.sft_steps
+    )
     module, opt = accelerator.prepare(CompletionLogps(peft_model), opt)
     module.train()
     log = AppendLog(run_dir / "sft_metrics.jsonl") if accelerator.is_main_process else None
-    bar = tqdm(_sft_batches(examples, cfg.batch_size, cfg.sft_steps, cfg.seed), desc="SFT warm start",
-               unit="step", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        _sft_batches(examples, cfg.batch_size, cfg.sft_steps, cfg.seed),
+        desc="SFT warm start",
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+    )
     for step, rows in enumerate(bar, 1):
         mine = rows[local] or rows[:1]
-        ids, att, comp = (t.to(accelerator.device) for t in pad_pairs(
-            [(examples[i].prompt_ids, examples[i].completion_ids) for i in mine], pad_id, cfg.max_length))
+        ids, att, comp = (
+            t.to(accelerator.device)
+            for t in pad_pairs(
+                [(examples[i].prompt_ids, examples[i].completion_ids) for i in mine], pad_id, cfg.max_length
+            )
+        )
         with accelerator.autocast():
             logps = module(ids, att, comp)
         n_tokens = comp[:, 1:].sum().clamp(min=1)
         loss = -logps.sum() / n_tokens  # mean NLL per completion token
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(peft_model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        accelerator.clip_grad_norm_(
+            peft_model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        )
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -48,16 +48,20 @@ def _ids(tok: Any, messages: list[dict], add_generation_prompt: bool) -> list[in
     return list(out)
 
 
-def tokenize_example(tok: Any, ex: KTOExample, index: int, max_length: int, max_prompt_length: int,
-                     report: TokenizeReport) -> Tokenized | None:
+def tokenize_example(
+    tok: Any, ex: KTOExample, index: int, max_length: int, max_prompt_length: int, report: TokenizeReport
+) -> Tokenized | None:
     prompt = _ids(tok, ex.prompt, add_generation_prompt=True)
     full = _ids(tok, ex.prompt + [{"role": "assistant", "content": ex.completion}], add_generation_prompt=False)
     prompt_ids, completion_ids = split_completion(prompt, full, tok.eos_token_id)  # the one rule (runtime)
     if len(prompt_ids) < len(prompt):
         report.prefix_mismatch += 1
         if report.prefix_mismatch == 1:
-            log.warning("chat template: the prompt alone is not a prefix of prompt+completion; splitting where they "
-                        "diverge (left out of training: %r)", tok.decode(prompt[len(prompt_ids):]))
+            log.warning(
+                "chat template: the prompt alone is not a prefix of prompt+completion; splitting where they "
+                "diverge (left out of training: %r)",
+                tok.decode(prompt[len(prompt_ids) :]),
+            )
     if len(prompt_ids) > max_prompt_length or len(prompt_ids) >= max_length:
         report.prompt_too_long += 1
         return None

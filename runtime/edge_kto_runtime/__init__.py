@@ -14,4 +14,13 @@ from .bundle import SCHEMA_VERSION, Bundle, BundleError, open_bundle
 from .model import Completion, ContextOverflow, EdgeModel, load
 
 __version__ = "0.1.0"
-__all__ = ["SCHEMA_VERSION", "Bundle", "BundleError", "Completion", "ContextOverflow", "EdgeModel", "load", "open_bundle"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Bundle",
+    "BundleError",
+    "Completion",
+    "ContextOverflow",
+    "EdgeModel",
+    "load",
+    "open_bundle",
+]

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .model import EdgeModel, load
-from .stats import drift, min_runs_for, summarize
-from .errors import InvalidInput
 from .backends import BACKENDS
 from .defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP
+from .errors import InvalidInput
+from .model import EdgeModel, load
+from .stats import drift, min_runs_for, summarize
 
-SYSTEM = ("You are the support assistant of a smart-home company. Answer briefly and precisely, keep menu paths and "
-          "numbers exactly as in the documentation, and say so when you do not know. ")
+SYSTEM = (
+    "You are the support assistant of a smart-home company. Answer briefly and precisely, keep menu paths and "
+    "numbers exactly as in the documentation, and say so when you do not know. "
+)
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _prompts(m: EdgeModel, cfg: BenchConfig, n: int) -> list[list[int]]:
         lines = read_prompt_lines(cfg.prompts_file)
         return [m.encode([{"role": "user", "content": lines[i % len(lines)]}]) for i in range(n)]
     if cfg.prefix_cache:
-        system = m.tokenize(SYSTEM * 8)[:cfg.n_prompt]
+        system = m.tokenize(SYSTEM * 8)[: cfg.n_prompt]
         return [system + _synthetic_ids(m, cfg.n_turn, rng) for _ in range(n)]
     return [_synthetic_ids(m, cfg.n_prompt, rng) for _ in range(n)]
 
@@ -93,8 +95,14 @@ def one_run(m: EdgeModel, ids: list[int], cfg: BenchConfig) -> dict[str, Any]:
             break
     e2e = time.perf_counter() - t0
     gaps = [b - a for a, b in zip(times, times[1:])]
-    return {"ttft": times[0] if times else e2e, "e2e": e2e, "n_gen": len(times), "n_prompt": len(ids),
-            "tpot": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None, "gaps": gaps}
+    return {
+        "ttft": times[0] if times else e2e,
+        "e2e": e2e,
+        "n_gen": len(times),
+        "n_prompt": len(ids),
+        "tpot": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None,
+        "gaps": gaps,
+    }
 
 
 def _aggregate(runs: list[dict[str, Any]], load_s: float, seed: int) -> dict[str, Any]:
@@ -105,11 +113,19 @@ def _aggregate(runs: list[dict[str, Any]], load_s: float, seed: int) -> dict[str
     gen_ts = [(r["n_gen"] - 1) / (r["e2e"] - r["ttft"]) for r in runs if r["n_gen"] > 1 and r["e2e"] > r["ttft"]]
     pp_ts = [r["n_prompt"] / r["ttft"] for r in runs]
     s = summarize(gen_ts, ci=False)
-    return {"ttft_s": summarize(ttft, seed=seed), "e2e_s": summarize(e2e, seed=seed), "tpot_s": summarize(tpot, seed=seed) if tpot else None,
-            "gap_s": summarize(gaps, seed=seed) if gaps else None,
-            "avg_ts": s["mean"], "stddev_ts": s["stddev"], "pp_avg_ts": sum(pp_ts) / len(pp_ts),
-            "n_gen_mean": sum(r["n_gen"] for r in runs) / len(runs), "drift_e2e": drift(e2e), "load_s": load_s,
-            "runs": [{k: v for k, v in r.items() if k != "gaps"} for r in runs]}
+    return {
+        "ttft_s": summarize(ttft, seed=seed),
+        "e2e_s": summarize(e2e, seed=seed),
+        "tpot_s": summarize(tpot, seed=seed) if tpot else None,
+        "gap_s": summarize(gaps, seed=seed) if gaps else None,
+        "avg_ts": s["mean"],
+        "stddev_ts": s["stddev"],
+        "pp_avg_ts": sum(pp_ts) / len(pp_ts),
+        "n_gen_mean": sum(r["n_gen"] for r in runs) / len(runs),
+        "drift_e2e": drift(e2e),
+        "load_s": load_s,
+        "runs": [{k: v for k, v in r.items() if k != "gaps"} for r in runs],
+    }
 
 
 def _environment(threads: int) -> dict[str, Any]:
@@ -125,8 +141,13 @@ def _environment(threads: int) -> dict[str, Any]:
     for mod in (spec.requires for spec in BACKENDS.values()):
         if mod in sys.modules:
             versions[mod] = getattr(sys.modules[mod], "__version__", None)
-    return {"cpu": cpu, "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
-            "n_threads": threads, "versions": versions}
+    return {
+        "cpu": cpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "n_threads": threads,
+        "versions": versions,
+    }
 
 
 def _restore_prefix(models: list[EdgeModel], system_ids: list[int], path: Path) -> None:
@@ -159,13 +180,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     models = [load(b.root, artifact=n or None, n_threads=cfg.threads, verify=False) for n in (names or [""])]
     warnings = []
     if cfg.runs < min_runs_for(99):
-        warnings.append(f"{cfg.runs} runs are too few for a meaningful p99 (need >= {min_runs_for(99)}); it is the max in disguise")
+        warnings.append(
+            f"{cfg.runs} runs are too few for a meaningful p99 (need >= {min_runs_for(99)}); it is the max in disguise"
+        )
     prompts = _prompts(models[0], cfg, cfg.warmup + cfg.runs)
     no_cache = sorted({m.backend_name for m in models if not m.capabilities.prefix_cache})
     if cfg.prefix_cache and no_cache:
-        warnings.append(f"prefix cache: {', '.join(no_cache)} keeps no KV state between requests; those runs pay the full prompt")
+        warnings.append(
+            f"prefix cache: {', '.join(no_cache)} keeps no KV state between requests; those runs pay the full prompt"
+        )
     if cfg.prefix_cache and cfg.prefix_state:
-        _restore_prefix(models, prompts[0][:cfg.n_prompt], Path(cfg.prefix_state))
+        _restore_prefix(models, prompts[0][: cfg.n_prompt], Path(cfg.prefix_state))
     per: dict[str, list[dict[str, Any]]] = {m.artifact.path: [] for m in models}
     loads = {m.artifact.path: m.load_s for m in models}
     total = (cfg.warmup + cfg.runs) * len(models)
@@ -193,17 +218,36 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for m in models:
         agg = _aggregate(per[m.artifact.path], loads[m.artifact.path], cfg.seed)
         if agg["drift_e2e"] and agg["drift_e2e"] > 1.1:
-            warnings.append(f"{m.artifact.path}: the last 10% of runs were {agg['drift_e2e']:.2f}x slower than the first "
-                            f"10% (thermal throttling or background load?)")
-        results.append({"artifact": m.artifact.path, "backend": m.backend_name, "quant": m.artifact.quant,
-                        "bytes": m.artifact.entry.get("bytes"), **agg})
+            warnings.append(
+                f"{m.artifact.path}: the last 10% of runs were {agg['drift_e2e']:.2f}x slower than the first "
+                f"10% (thermal throttling or background load?)"
+            )
+        results.append(
+            {
+                "artifact": m.artifact.path,
+                "backend": m.backend_name,
+                "quant": m.artifact.quant,
+                "bytes": m.artifact.entry.get("bytes"),
+                **agg,
+            }
+        )
     env = _environment(models[0].n_threads)
     for m in models:
         m.close()
     fastest = min(r["e2e_s"]["p50"] for r in results)
     for r in results:
         r["e2e_p50_vs_fastest"] = r["e2e_s"]["p50"] / fastest
-    return {"schema": "edge-kto-bench/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "bundle": str(b.root),
-            "config": asdict(cfg), "n_prompt": cfg.n_turn if cfg.prefix_cache else cfg.n_prompt, "n_gen": cfg.n_gen,
-            "n_threads": env["n_threads"], "environment": env, "peak_rss_mb": peak_rss_mb(),
-            "setup_s": time.perf_counter() - t, "warnings": warnings, "results": results}
+    return {
+        "schema": "edge-kto-bench/1",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "bundle": str(b.root),
+        "config": asdict(cfg),
+        "n_prompt": cfg.n_turn if cfg.prefix_cache else cfg.n_prompt,
+        "n_gen": cfg.n_gen,
+        "n_threads": env["n_threads"],
+        "environment": env,
+        "peak_rss_mb": peak_rss_mb(),
+        "setup_s": time.perf_counter() - t,
+        "warnings": warnings,
+        "results": results,
+    }

@@ -10,16 +10,26 @@ import random
 import time
 from typing import Any
 from urllib.parse import urlparse
+
 from .errors import ToolError
 
 WORDS = "the device app light hub sensor battery menu reset network update schedule door lamp code".split()
 
 
-def _stream_once(url: str, model: str | None, prompt: str, n_gen: int, api_key: str | None, timeout: float) -> dict[str, Any]:
+def _stream_once(
+    url: str, model: str | None, prompt: str, n_gen: int, api_key: str | None, timeout: float
+) -> dict[str, Any]:
     u = urlparse(url.rstrip("/"))
-    conn = (http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection)(u.hostname, u.port, timeout=timeout)
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": n_gen, "temperature": 0, "stream": True,
-            "ignore_eos": True}  # honoured by llama-server, vLLM and edge-runtime; others may stop early
+    conn = (http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection)(
+        u.hostname, u.port, timeout=timeout
+    )
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": n_gen,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }  # honoured by llama-server, vLLM and edge-runtime; others may stop early
     if model:
         body["model"] = model
     headers = {"Content-Type": "application/json"}
@@ -46,12 +56,27 @@ def _stream_once(url: str, model: str | None, prompt: str, n_gen: int, api_key: 
     e2e = time.perf_counter() - t0
     conn.close()
     gaps = [b - a for a, b in zip(times, times[1:])]
-    return {"ttft": times[0] if times else e2e, "e2e": e2e, "n_gen": len(times), "n_prompt": len(prompt.split()),
-            "tpot": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None, "gaps": gaps}
+    return {
+        "ttft": times[0] if times else e2e,
+        "e2e": e2e,
+        "n_gen": len(times),
+        "n_prompt": len(prompt.split()),
+        "tpot": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None,
+        "gaps": gaps,
+    }
 
 
-def run_http_bench(url: str, n_prompt_words: int, n_gen: int, runs: int, warmup: int, seed: int = 0,
-                   model: str | None = None, api_key: str | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
+def run_http_bench(
+    url: str,
+    n_prompt_words: int,
+    n_gen: int,
+    runs: int,
+    warmup: int,
+    seed: int = 0,
+    model: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 300.0,
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     out = []
     for i in range(warmup + runs):

@@ -98,8 +98,10 @@ def validate_manifest(m: Any, where: str) -> None:
     if m.get("format") != FORMAT:
         raise BundleError(f"{where}: field 'format': expected {FORMAT!r}, got {m.get('format')!r}")
     if m.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{where}: field 'schema_version': this runtime reads version {SCHEMA_VERSION}, the bundle has "
-                          f"{m.get('schema_version')!r}; install the edge-kto-runtime that matches the exporter")
+        raise BundleError(
+            f"{where}: field 'schema_version': this runtime reads version {SCHEMA_VERSION}, the bundle has "
+            f"{m.get('schema_version')!r}; install the edge-kto-runtime that matches the exporter"
+        )
     arts = m.get("artifacts")
     if not isinstance(arts, list) or not arts:
         raise BundleError(f"{where}: field 'artifacts': expected a non-empty list")
@@ -109,7 +111,9 @@ def validate_manifest(m: Any, where: str) -> None:
             raise BundleError(f"{where}: field '{f}.path': missing")
         _safe_rel(a["path"].rstrip("/"), where)
         if a.get("backend") not in BACKENDS:  # the registry: a plugin's backend is known once registered
-            raise BundleError(f"{where}: field '{f}.backend': expected one of {tuple(BACKENDS)}, got {a.get('backend')!r}")
+            raise BundleError(
+                f"{where}: field '{f}.backend': expected one of {tuple(BACKENDS)}, got {a.get('backend')!r}"
+            )
         if "files" in a:
             if not isinstance(a["files"], dict) or not a["files"]:
                 raise BundleError(f"{where}: field '{f}.files': expected a non-empty mapping")
@@ -121,11 +125,17 @@ def validate_manifest(m: Any, where: str) -> None:
     tok = m.get("tokenizer")
     if not isinstance(tok, dict) or not isinstance(tok.get("chat_template"), str):
         raise BundleError(f"{where}: field 'tokenizer.chat_template': missing")
-    for key, ok, want in (("bos", lambda v: v is None or isinstance(v, str), "a string or null"),
-                          ("eos", _str_list, "a list of strings"), ("stop", _str_list, "a list of strings"),
-                          ("eos_ids", lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                                                          for i in v), "a list of integers"),
-                          ("eos_id", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null")):
+    for key, ok, want in (
+        ("bos", lambda v: v is None or isinstance(v, str), "a string or null"),
+        ("eos", _str_list, "a list of strings"),
+        ("stop", _str_list, "a list of strings"),
+        (
+            "eos_ids",
+            lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v),
+            "a list of integers",
+        ),
+        ("eos_id", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"),
+    ):
         if key in tok and not ok(tok[key]):
             raise BundleError(f"{where}: field 'tokenizer.{key}': expected {want}, got {json.dumps(tok[key])[:80]}")
     for key in ("generation", "alignment", "training", "tools"):
@@ -135,7 +145,9 @@ def validate_manifest(m: Any, where: str) -> None:
     for key in ("max_new_tokens", "n_ctx"):
         if key in gen and (not isinstance(gen[key], int) or isinstance(gen[key], bool) or gen[key] < 1):
             raise BundleError(f"{where}: field 'generation.{key}': expected a positive integer, got {gen[key]!r}")
-    if "temperature" in gen and (isinstance(gen["temperature"], bool) or not isinstance(gen["temperature"], (int, float))):
+    if "temperature" in gen and (
+        isinstance(gen["temperature"], bool) or not isinstance(gen["temperature"], (int, float))
+    ):
         raise BundleError(f"{where}: field 'generation.temperature': expected a number, got {gen['temperature']!r}")
     if "golden" in m:
         _check_entry(m["golden"], where, "golden")
@@ -148,8 +160,13 @@ def _str_list(v: Any) -> bool:
 
 def _check_entry(e: Any, where: str, f: str) -> None:
     ok = isinstance(e, dict) and isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64
-    if not ok or any(c not in "0123456789abcdefABCDEF" for c in e["sha256"]) or not isinstance(e.get("bytes"), int) \
-            or isinstance(e.get("bytes"), bool) or e["bytes"] < 0:
+    if (
+        not ok
+        or any(c not in "0123456789abcdefABCDEF" for c in e["sha256"])
+        or not isinstance(e.get("bytes"), int)
+        or isinstance(e.get("bytes"), bool)
+        or e["bytes"] < 0
+    ):
         raise BundleError(f"{where}: field '{f}': needs 'bytes' (int >= 0) and 'sha256' (64 hex digits)")
 
 
@@ -215,8 +232,9 @@ def failed_artifacts(b: Bundle) -> dict[str, list[str]]:
     return out
 
 
-def open_bundle(path: str | Path, verify: bool | str = True, extract_to: str | Path | None = None,
-                expect_digest: str | None = None) -> Bundle:
+def open_bundle(
+    path: str | Path, verify: bool | str = True, extract_to: str | Path | None = None, expect_digest: str | None = None
+) -> Bundle:
     """Read and check a bundle folder or ``.zip``.
 
     ``verify``: True checks every file's size and sha256; an artifact path checks that artifact
@@ -236,8 +254,10 @@ def open_bundle(path: str | Path, verify: bool | str = True, extract_to: str | P
     if expect_digest is not None:
         got = hashlib.sha256(raw).hexdigest()
         if got != expect_digest.strip().lower():
-            raise BundleError(f"{mpath}: manifest digest {got} is not the expected {expect_digest.strip().lower()} "
-                              "(the manifest was edited, or this is another bundle)")
+            raise BundleError(
+                f"{mpath}: manifest digest {got} is not the expected {expect_digest.strip().lower()} "
+                "(the manifest was edited, or this is another bundle)"
+            )
     m = parse_manifest(raw, str(mpath))
     b = Bundle(root, m)
     if verify:
@@ -276,7 +296,12 @@ def _listed_sizes(m: dict[str, Any]) -> dict[str, int]:
 
 def _zip_stamp(zpath: Path, manifest: bytes) -> dict[str, Any]:
     st = zpath.stat()
-    return {"zip": zpath.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+    return {
+        "zip": zpath.name,
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+    }
 
 
 def safe_extract(zpath: Path, dest: Path) -> Path:
@@ -316,7 +341,9 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
                     continue  # folders are made as needed; unlisted entries are never written
                 want = sizes[str(rel)]
                 if want >= 0 and info.file_size != want:
-                    raise BundleError(f"{zpath}: entry {name!r} unpacks to {info.file_size} bytes, the manifest lists {want}")
+                    raise BundleError(
+                        f"{zpath}: entry {name!r} unpacks to {info.file_size} bytes, the manifest lists {want}"
+                    )
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(info) as src, open(target, "wb") as out:

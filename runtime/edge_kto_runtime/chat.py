@@ -12,6 +12,7 @@ import json
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
+
 from .errors import InvalidInput, MissingDependency
 
 
@@ -23,7 +24,9 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -42,9 +45,20 @@ def _compile(template: str) -> Any:
     return env.from_string(template)
 
 
-def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True,
-                bos_token: str | None = None, eos_token: str | None = None, **extra: Any) -> str:
+def render_chat(
+    template: str,
+    messages: list[dict[str, str]],
+    add_generation_prompt: bool = True,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    **extra: Any,
+) -> str:
     if not template:
         raise TemplateError("the bundle has no chat template; use generate() with a raw prompt")
-    return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=bos_token or "", eos_token=eos_token or "", **extra)
+    return _compile(template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token or "",
+        eos_token=eos_token or "",
+        **extra,
+    )

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .model import EdgeModel
 from .errors import InvalidInput
+from .model import EdgeModel
 
 FpLogprobs = Callable[[list[int], list[int]], np.ndarray]  # (ids, positions) -> full fp log-probs
 
@@ -89,8 +89,13 @@ def _greedy_ids(m: EdgeModel, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, Any], bool] | None = None,
-                   fp_logprobs: FpLogprobs | None = None, thresholds: Thresholds | None = None) -> dict[str, Any]:
+def check_artifact(
+    m: EdgeModel,
+    golden: list[dict],
+    verifier: Callable[[str, Any], bool] | None = None,
+    fp_logprobs: FpLogprobs | None = None,
+    thresholds: Thresholds | None = None,
+) -> dict[str, Any]:
     """Metrics for one loaded artifact against the golden rows (and the full fp model when given)."""
     th = thresholds or Thresholds()
     kl_k, kl_f, top1 = [], [], []
@@ -134,11 +139,22 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
         ok_fp = ok_art = None
         if verifier is not None and row.get("reference") is not None:
             art_text = m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
-            ok_fp, ok_art = bool(verifier(row["greedy_text"], row["reference"])), bool(verifier(art_text, row["reference"]))
+            ok_fp, ok_art = (
+                bool(verifier(row["greedy_text"], row["reference"])),
+                bool(verifier(art_text, row["reference"])),
+            )
             acc_fp.append(ok_fp)
             acc_art.append(ok_art)
-        per_row.append({"id": row.get("id"), "task_ok_fp": ok_fp, "task_ok": ok_art, "greedy_match": greedy_eq[-1],
-                        "hard_margin_fp": row_hard[0] if row_hard else None, "hard_margin": row_hard[1] if row_hard else None})
+        per_row.append(
+            {
+                "id": row.get("id"),
+                "task_ok_fp": ok_fp,
+                "task_ok": ok_art,
+                "greedy_match": greedy_eq[-1],
+                "hard_margin_fp": row_hard[0] if row_hard else None,
+                "hard_margin": row_hard[1] if row_hard else None,
+            }
+        )
     res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
     res["hard_pairs"] = len(hard)
     res["hard_pref_agree"] = float(np.mean(hard)) if hard else None
@@ -150,27 +166,47 @@ def check_artifact(m: EdgeModel, golden: list[dict], verifier: Callable[[str, An
     res["rows"] = per_row  # per golden prompt: which facts this artifact keeps (not stored in the manifest)
     if ids_match and not all(ids_match):
         res["passed"] = False
-        res["failures"].append(f"chat template / tokenizer: {len(ids_match) - sum(ids_match)} of {len(ids_match)} golden "
-                               f"prompts tokenize differently on this artifact than in training")
+        res["failures"].append(
+            f"chat template / tokenizer: {len(ids_match) - sum(ids_match)} of {len(ids_match)} golden "
+            f"prompts tokenize differently on this artifact than in training"
+        )
     return res
 
 
-def _summarise(m: EdgeModel, th: Thresholds, kl_k: list, kl_f: list, top1: list, pref: list, margins_fp: list,
-               margins_art: list, greedy_eq: list, acc_fp: list, acc_art: list) -> dict[str, Any]:
+def _summarise(
+    m: EdgeModel,
+    th: Thresholds,
+    kl_k: list,
+    kl_f: list,
+    top1: list,
+    pref: list,
+    margins_fp: list,
+    margins_art: list,
+    greedy_eq: list,
+    acc_fp: list,
+    acc_art: list,
+) -> dict[str, Any]:
     kk = np.concatenate(kl_k) if kl_k else np.zeros(0)
     kf = np.concatenate(kl_f) if kl_f else None
     kl = kf if kf is not None else kk
     res: dict[str, Any] = {
-        "artifact": m.artifact.path, "backend": m.backend_name, "quant": m.artifact.quant,
-        "bytes": m.artifact.entry.get("bytes"), "bits_per_weight": m.artifact.entry.get("bits_per_weight"),
+        "artifact": m.artifact.path,
+        "backend": m.backend_name,
+        "quant": m.artifact.quant,
+        "bytes": m.artifact.entry.get("bytes"),
+        "bits_per_weight": m.artifact.entry.get("bits_per_weight"),
         "positions": int(kl.size),
         "kl_source": "full" if kf is not None else "top-k",
-        "kld_mean": float(kl.mean()) if kl.size else None, "kld_p99": float(np.percentile(kl, 99)) if kl.size else None,
+        "kld_mean": float(kl.mean()) if kl.size else None,
+        "kld_p99": float(np.percentile(kl, 99)) if kl.size else None,
         "kld_topk_mean": float(kk.mean()) if kk.size else None,
         "top1_agree": float(np.concatenate(top1).mean()) if top1 else None,
-        "pairs": len(pref), "pref_agree": float(np.mean(pref)) if pref else None,
+        "pairs": len(pref),
+        "pref_agree": float(np.mean(pref)) if pref else None,
         "margin_fp_mean": float(np.mean(margins_fp)) if margins_fp else None,
-        "margin_retention": float(np.mean(margins_art) / np.mean(margins_fp)) if margins_fp and np.mean(margins_fp) else None,
+        "margin_retention": float(np.mean(margins_art) / np.mean(margins_fp))
+        if margins_fp and np.mean(margins_fp)
+        else None,
         "greedy_match": float(np.mean(greedy_eq)) if greedy_eq else None,
         "task_acc_fp": float(np.mean(acc_fp)) if acc_fp else None,
         "task_acc": float(np.mean(acc_art)) if acc_art else None,
@@ -198,21 +234,30 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = ["| artifact | quant | MB | bits/w | KLD mean | KLD p99 | top-1 | pref. agree | hard pairs agree | margin kept | "
-             "greedy match | task acc (fp) | passed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| artifact | quant | MB | bits/w | KLD mean | KLD p99 | top-1 | pref. agree | hard pairs agree | "
+        "margin kept | "
+        "greedy match | task acc (fp) | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         hard = f"{f(r.get('hard_pref_agree'), '.1%')} of {r['hard_pairs']}" if r.get("hard_pairs") else "-"
-        lines.append(f"| {r['artifact']} | {r['quant']} | {f((r.get('bytes') or 0) / 1e6, '.1f')} | "
-                     f"{f(r.get('bits_per_weight'), '.2f')} | {f(r['kld_mean'], '.4f')} | "
-                     f"{f(r['kld_p99'], '.3f')} | {f(r['top1_agree'], '.1%')} | {f(r['pref_agree'], '.1%')} | {hard} | "
-                     f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
-                     f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |")
+        lines.append(
+            f"| {r['artifact']} | {r['quant']} | {f((r.get('bytes') or 0) / 1e6, '.1f')} | "
+            f"{f(r.get('bits_per_weight'), '.2f')} | {f(r['kld_mean'], '.4f')} | "
+            f"{f(r['kld_p99'], '.3f')} | {f(r['top1_agree'], '.1%')} | {f(r['pref_agree'], '.1%')} | {hard} | "
+            f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
+            f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def run_device_check(bundle: str | Path, artifacts: list[str] | None = None, thresholds: dict[str, float] | None = None,
-                     n_threads: int | None = None) -> list[dict[str, Any]]:
+def run_device_check(
+    bundle: str | Path,
+    artifacts: list[str] | None = None,
+    thresholds: dict[str, float] | None = None,
+    n_threads: int | None = None,
+) -> list[dict[str, Any]]:
     """The check a device runs on its own copy: fp values from ``golden.jsonl`` only (top-k KL)."""
     from .bundle import open_bundle
     from .model import load

@@ -7,9 +7,9 @@ import json
 import sys
 
 from . import SCHEMA_VERSION, __version__
-from .errors import GateFailed, InvalidInput, add_common_flags, run_cli
 from .backends import backend_names
 from .defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
+from .errors import GateFailed, InvalidInput, add_common_flags, run_cli
 
 
 def _thresholds(pairs: list[str] | None) -> dict[str, float] | None:
@@ -45,8 +45,11 @@ def cmd_check(a: argparse.Namespace) -> int:
         for r in results:
             s = server.get(r["artifact"])
             if s:
-                print(f"{r['artifact']}: server KLD(full) {s['kld_mean']:.4f} / top-k {s['kld_topk_mean']:.4f}, here top-k "
-                      f"{r['kld_mean']:.4f}; top-1 server {s['top1_agree']:.3f} here {r['top1_agree']:.3f}")
+                print(
+                    f"{r['artifact']}: server KLD(full) {s['kld_mean']:.4f} / top-k {s['kld_topk_mean']:.4f}, "
+                    f"here top-k "
+                    f"{r['kld_mean']:.4f}; top-1 server {s['top1_agree']:.3f} here {r['top1_agree']:.3f}"
+                )
     for r in results:
         if not r["passed"]:
             print(f"FAILED {r['artifact']}: {'; '.join(r['failures'])}", file=sys.stderr)
@@ -75,17 +78,34 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .model import load
     from .serve import ServeConfig, serve
 
-    cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key, max_body_bytes=a.max_body_bytes,
-                      max_tokens_cap=a.max_tokens_cap, model_name=a.model_name,
-                      feedback_db=None if a.no_feedback else (a.feedback_db or _default_db(a.bundle)),
-                      allowed_hosts=tuple(a.allowed_host or ()), cors_origins=tuple(a.cors_origin or ()),
-                      max_connections=a.max_connections, timeout_s=a.timeout)
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key,
+        max_body_bytes=a.max_body_bytes,
+        max_tokens_cap=a.max_tokens_cap,
+        model_name=a.model_name,
+        feedback_db=None if a.no_feedback else (a.feedback_db or _default_db(a.bundle)),
+        allowed_hosts=tuple(a.allowed_host or ()),
+        cors_origins=tuple(a.cors_origin or ()),
+        max_connections=a.max_connections,
+        timeout_s=a.timeout,
+    )
     cfg.validate()  # before the (slow) load: a bad flag fails at once
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.api_key:
-        print(f"edge-runtime: warning: serving on {a.host} without --api-key: anyone on the network can use it",
-              file=sys.stderr)
-    m = load(a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads, n_ctx=a.n_ctx,
-             require_passed=not a.allow_failed, expect_digest=a.expect_digest)
+        print(
+            f"edge-runtime: warning: serving on {a.host} without --api-key: anyone on the network can use it",
+            file=sys.stderr,
+        )
+    m = load(
+        a.bundle,
+        backend=a.backend,
+        artifact=a.artifact,
+        n_threads=a.threads,
+        n_ctx=a.n_ctx,
+        require_passed=not a.allow_failed,
+        expect_digest=a.expect_digest,
+    )
     try:
         srv = serve(m, cfg)
     except BaseException:
@@ -94,9 +114,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     srv.verbose = a.verbose
     info = m.info()
     shown = f"[{a.host}]" if ":" in a.host else a.host
-    print(f"serving {info['artifact']} ({info['backend']}, {info['quant']}) on http://{shown}:{srv.server_address[1]}/v1 "
-          f"— loaded in {info['load_s']:.2f} s, verified in {info['verify_s']:.2f} s; feedback: {cfg.feedback_db or 'off'}",
-          flush=True)
+    print(
+        f"serving {info['artifact']} ({info['backend']}, {info['quant']}) on http://{shown}:{srv.server_address[1]}/v1 "
+        f"— loaded in {info['load_s']:.2f} s, verified in {info['verify_s']:.2f} s; feedback: "
+        f"{cfg.feedback_db or 'off'}",
+        flush=True,
+    )
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
@@ -116,8 +139,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
     for art in b.artifacts:
         state = f"gate FAILED ({'; '.join(failed[art.path])})" if art.path in failed else "gate passed"
         print(f"  {art.path}: {art.backend} {art.quant}, hashes ok, {state}")
-    print(f"{b.root}: every listed file matches its sha256; manifest digest {digest}"
-          + (" (as expected)" if a.expect else " — pin it with --expect on the device"))
+    print(
+        f"{b.root}: every listed file matches its sha256; manifest digest {digest}"
+        + (" (as expected)" if a.expect else " — pin it with --expect on the device")
+    )
     return 0
 
 
@@ -128,8 +153,11 @@ def cmd_feedback(a: argparse.Namespace) -> int:
     try:
         if a.feedback_command == "export":
             n, blank = store.export_kto(a.out)
-            print(f"{a.out}: {n} rated rows" + (f" ({blank} with a blank completion left out)" if blank else "")
-                  + f" — KTO JSONL: train on them with `edge-kto train --data {a.out}`")
+            print(
+                f"{a.out}: {n} rated rows"
+                + (f" ({blank} with a blank completion left out)" if blank else "")
+                + f" — KTO JSONL: train on them with `edge-kto train --data {a.out}`"
+            )
         else:
             print(json.dumps(store.counts()))
     finally:
@@ -143,20 +171,49 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import BenchConfig, _aggregate, _environment, peak_rss_mb, run_bench
     from .bench_report import markdown, plot
 
-    cfg = BenchConfig(bundle=a.bundle or "", artifacts=a.artifact or [], n_prompt=a.n_prompt, n_gen=a.n_gen, runs=a.runs,
-                      warmup=a.warmup, threads=a.threads, seed=a.seed, cold=a.cold, natural_stop=a.natural_stop,
-                      compare=a.compare, prefix_cache=a.prefix_cache, prompts_file=a.prompts, n_turn=a.n_turn,
-                      prefix_state=a.prefix_state)
+    cfg = BenchConfig(
+        bundle=a.bundle or "",
+        artifacts=a.artifact or [],
+        n_prompt=a.n_prompt,
+        n_gen=a.n_gen,
+        runs=a.runs,
+        warmup=a.warmup,
+        threads=a.threads,
+        seed=a.seed,
+        cold=a.cold,
+        natural_stop=a.natural_stop,
+        compare=a.compare,
+        prefix_cache=a.prefix_cache,
+        prompts_file=a.prompts,
+        n_turn=a.n_turn,
+        prefix_state=a.prefix_state,
+    )
     if a.url:
         from .bench_http import run_http_bench
 
         runs = run_http_bench(a.url, a.n_prompt, a.n_gen, a.runs, a.warmup, a.seed, a.model, a.api_key)
         agg = _aggregate(runs, 0.0, a.seed)
-        report = {"schema": "edge-kto-bench/1", "url": a.url, "config": cfg.__dict__, "n_prompt": a.n_prompt, "n_gen": a.n_gen,
-                  "n_threads": None, "environment": {**_environment(0), "n_threads": "server"}, "peak_rss_mb": peak_rss_mb(),
-                  "warnings": ["n_prompt counts words for --url (the server tokenizes)"],
-                  "results": [{"artifact": a.url, "backend": "http", "quant": a.model or "-", "bytes": None, **agg,
-                               "e2e_p50_vs_fastest": 1.0}]}
+        report = {
+            "schema": "edge-kto-bench/1",
+            "url": a.url,
+            "config": cfg.__dict__,
+            "n_prompt": a.n_prompt,
+            "n_gen": a.n_gen,
+            "n_threads": None,
+            "environment": {**_environment(0), "n_threads": "server"},
+            "peak_rss_mb": peak_rss_mb(),
+            "warnings": ["n_prompt counts words for --url (the server tokenizes)"],
+            "results": [
+                {
+                    "artifact": a.url,
+                    "backend": "http",
+                    "quant": a.model or "-",
+                    "bytes": None,
+                    **agg,
+                    "e2e_p50_vs_fastest": 1.0,
+                }
+            ],
+        }
     else:
         if not a.bundle:
             raise InvalidInput("bench needs a BUNDLE (or --url)")
@@ -197,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--artifact", action="append")
     c.add_argument("--threads", type=int)
     c.add_argument("--json", action="store_true")
-    c.add_argument("--threshold", action="append", metavar="NAME=VALUE",
-                   help="override one of the export's gate thresholds (e.g. kld_mean_max=0.1); repeatable")
+    c.add_argument(
+        "--threshold",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override one of the export's gate thresholds (e.g. kld_mean_max=0.1); repeatable",
+    )
     c.set_defaults(func=cmd_check)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (127.0.0.1 unless --host)")
@@ -215,10 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name")
     s.add_argument("--feedback-db", help="SQLite file for completions + thumbs (default: BUNDLE-feedback.sqlite)")
     s.add_argument("--no-feedback", action="store_true")
-    s.add_argument("--allowed-host", action="append", metavar="NAME",
-                   help="also accept this Host name (localhost and IP literals always; '*' = any; DNS-rebinding guard)")
-    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
-                   help="let a web app at ORIGIN (e.g. http://localhost:3000) call the API; none by default")
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="also accept this Host name (localhost and IP literals always; '*' = any; DNS-rebinding guard)",
+    )
+    s.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let a web app at ORIGIN (e.g. http://localhost:3000) call the API; none by default",
+    )
     s.add_argument("--max-connections", type=int, default=128, help="open connections served at once (503 beyond)")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds a socket may stay silent before it is closed")
     s.add_argument("--allow-failed", action="store_true", help="serve an artifact the export's gate marked failed")
@@ -226,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
 
-    v = sub.add_parser("verify", help="check every file's sha256 and print the manifest digest (the bundle's integrity root)")
+    v = sub.add_parser(
+        "verify", help="check every file's sha256 and print the manifest digest (the bundle's integrity root)"
+    )
     v.add_argument("bundle")
     v.add_argument("--expect", metavar="SHA256", help="refuse unless manifest.json has this sha256 (printed at export)")
     v.set_defaults(func=cmd_verify)
@@ -235,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("bundle", nargs="?")
     bn.add_argument("--artifact", action="append", help="artifact(s) to bench (default: the bundle's default)")
     bn.add_argument("--compare", action="store_true", help="every artifact, interleaved run by run")
-    bn.add_argument("--prompts", help="text file, one user turn per line (default: synthetic prompts of --n-prompt tokens)")
+    bn.add_argument(
+        "--prompts", help="text file, one user turn per line (default: synthetic prompts of --n-prompt tokens)"
+    )
     bn.add_argument("--n-prompt", type=int, default=BENCH_N_PROMPT)
     bn.add_argument("--n-gen", type=int, default=BENCH_N_GEN)
     bn.add_argument("--runs", type=int, default=BENCH_RUNS)
@@ -244,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--cold", action="store_true", help="include the model load in every run")
     bn.add_argument("--natural-stop", action="store_true", help="stop at EOS (default: fixed --n-gen tokens)")
-    bn.add_argument("--prefix-cache", action="store_true", help="keep the system prompt's KV: requests pay only their turn")
+    bn.add_argument(
+        "--prefix-cache", action="store_true", help="keep the system prompt's KV: requests pay only their turn"
+    )
     bn.add_argument("--n-turn", type=int, default=32, help="user-turn tokens after the system prompt (--prefix-cache)")
     bn.add_argument("--prefix-state", help="persist / restore the system prompt's KV state (llama.cpp) at this path")
     bn.add_argument("--url", help="bench a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8080/v1)")
@@ -254,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quiet", action="store_true")
     bn.set_defaults(func=cmd_bench)
 
-    f = sub.add_parser("feedback", help="the on-device feedback log").add_subparsers(dest="feedback_command", required=True)
+    f = sub.add_parser("feedback", help="the on-device feedback log").add_subparsers(
+        dest="feedback_command", required=True
+    )
     fe = f.add_parser("export", help="rated completions -> KTO JSONL for edge-kto train")
     fe.add_argument("--db", required=True)
     fe.add_argument("--out", required=True)

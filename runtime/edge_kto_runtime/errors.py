@@ -101,13 +101,18 @@ def add_common_flags(p: argparse.ArgumentParser, version: str) -> None:
     walk(p)
 
 
-def run_cli(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            dispatch: Callable[[argparse.Namespace], int]) -> int:
+def run_cli(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    dispatch: Callable[[argparse.Namespace], int],
+) -> int:
     """Parse, run ``dispatch(args)``, and map what it raises onto the exit codes above."""
     args = parser.parse_args(argv)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-                        format=f"{prog}: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, format=f"{prog}: %(message)s"
+    )
     try:
         return int(dispatch(args) or 0)
     except KeyboardInterrupt:

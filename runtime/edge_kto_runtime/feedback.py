@@ -44,8 +44,10 @@ class FeedbackStore:
         """``create=False`` (reading: stats, export): a missing file is an error, never a new empty log."""
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise MissingInput(f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
-                                    "next to the bundle unless started with --feedback-db)")
+            raise MissingInput(
+                f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
+                "next to the bundle unless started with --feedback-db)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
@@ -58,8 +60,10 @@ class FeedbackStore:
 
     def log_completion(self, request_id: str, prompt: Any, completion: str, model: str | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                             (request_id, time.time(), model, json.dumps(prompt, ensure_ascii=False), completion))
+            self._db.execute(
+                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                (request_id, time.time(), model, json.dumps(prompt, ensure_ascii=False), completion),
+            )
 
     def add_feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
         if not isinstance(good, bool):
@@ -67,17 +71,26 @@ class FeedbackStore:
         with self._lock:
             if self._db.execute("SELECT 1 FROM completions WHERE request_id = ?", (request_id,)).fetchone() is None:
                 raise UnknownRequest(request_id)
-            self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?)", (request_id, int(good), note, time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?)", (request_id, int(good), note, time.time())
+            )
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
-            cur = self._db.execute("SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model FROM feedback f "
-                                   "JOIN completions c USING (request_id) ORDER BY f.created")
+            cur = self._db.execute(
+                "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model FROM feedback f "
+                "JOIN completions c USING (request_id) ORDER BY f.created"
+            )
             out = []
             for rid, prompt, completion, good, note, model in cur.fetchall():
                 p = json.loads(prompt)
-                row = {"id": rid, "prompt": p if isinstance(p, list) else str(p), "completion": completion,
-                       "label": bool(good), "source": "device"}
+                row = {
+                    "id": rid,
+                    "prompt": p if isinstance(p, list) else str(p),
+                    "completion": completion,
+                    "label": bool(good),
+                    "source": "device",
+                }
                 if note:
                     row["note"] = note
                 if model:

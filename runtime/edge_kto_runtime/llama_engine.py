@@ -51,7 +51,8 @@ def check_private_api(llm: Any) -> None:
         if obj is None or not hasattr(obj, attr):
             raise MissingDependency(
                 f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} has no {owner}.{attr} ({why}); "
-                "edge-kto supports llama-cpp-python >=0.3.36,<0.4")
+                "edge-kto supports llama-cpp-python >=0.3.36,<0.4"
+            )
 
 
 def default_n_threads() -> int:
@@ -63,11 +64,20 @@ def default_n_threads() -> int:
 class LlamaEngine:
     """One loaded GGUF. Token ids in, token ids / logits / text out; no chat templates here."""
 
-    def __init__(self, path: str | Path, n_ctx: int, n_threads: int | None = None, use_mmap: bool = True, seed: int = 0):
+    def __init__(
+        self, path: str | Path, n_ctx: int, n_threads: int | None = None, use_mmap: bool = True, seed: int = 0
+    ):
         n_threads = n_threads or default_n_threads()
         self.path = Path(path)
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                                   use_mmap=use_mmap, seed=seed, verbose=False)
+        self.llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            use_mmap=use_mmap,
+            seed=seed,
+            verbose=False,
+        )
         check_private_api(self.llm)
         # llama.cpp may round the context up (e.g. to 256); llama-cpp-python's token buffer keeps the
         # requested size, so the smaller of the two is what fits.
@@ -134,8 +144,15 @@ class LlamaEngine:
     def eval(self, ids: list[int]) -> None:
         self.llm.eval(ids)
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                     seed: int | None = None) -> Iterator[int]:
+    def generate_ids(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
         """Sampled (or greedy at temperature 0) ids after ``ids``, reusing a cached prompt prefix."""
         llm = self.llm
         if seed is not None:
@@ -157,12 +174,21 @@ class LlamaEngine:
             if llm.n_tokens >= self.n_ctx:
                 break
 
-    def sample_text(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                    seed: int) -> str:
+    def sample_text(
+        self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int
+    ) -> str:
         """One answer through llama-cpp-python's own completion loop (its sampler chain, EOS handling
         and prefix KV reuse), with no repetition penalty or min-p: what the GGUF teacher samples."""
-        res = self.llm.create_completion(ids, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         top_k=top_k, min_p=0.0, repeat_penalty=1.0, seed=seed)
+        res = self.llm.create_completion(
+            ids,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            seed=seed,
+        )
         return res["choices"][0]["text"]
 
     def logits(self, ids: list[int], positions: list[int]) -> np.ndarray:
@@ -202,8 +228,15 @@ class LlamaEngine:
         self.llm.eval(ids)
         st = self.llm.save_state()
         buf = io.BytesIO()
-        np.savez(buf, key=np.array(key), input_ids=st.input_ids, scores=st.scores, n_tokens=np.array(st.n_tokens),
-                 seed=np.array(st.seed), llama_state=np.frombuffer(st.llama_state, dtype=np.uint8))
+        np.savez(
+            buf,
+            key=np.array(key),
+            input_ids=st.input_ids,
+            scores=st.scores,
+            n_tokens=np.array(st.n_tokens),
+            seed=np.array(st.seed),
+            llama_state=np.frombuffer(st.llama_state, dtype=np.uint8),
+        )
         return buf.getvalue()
 
     def load_state(self, path: Path, key: str) -> int:
@@ -216,8 +249,9 @@ class LlamaEngine:
         if saved != key:
             raise InvalidInput(f"{path}: a prefix state for another model or prompt; refused")
         state = z["llama_state"].tobytes()
-        self.llm.load_state(llama_cpp.LlamaState(z["input_ids"], z["scores"], int(z["n_tokens"]), state, len(state),
-                                                 int(z["seed"])))
+        self.llm.load_state(
+            llama_cpp.LlamaState(z["input_ids"], z["scores"], int(z["n_tokens"]), state, len(state), int(z["seed"]))
+        )
         return self.llm.n_tokens
 
     def close(self) -> None:

@@ -19,8 +19,8 @@ from .backends import BACKENDS, Backend, BackendMissing, BackendSpec, log_softma
 from .bundle import Artifact, Bundle, BundleError, failed_artifacts, open_bundle, verify_bundle
 from .chat import TemplateError, render_chat
 from .completion import split_completion
-from .errors import InvalidInput
 from .defaults import DEVICE_MAX_NEW_TOKENS, N_CTX, default_threads
+from .errors import InvalidInput
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]
@@ -68,8 +68,10 @@ def _pick_artifact(b: Bundle, backend: str, artifact: str | None) -> Artifact:
         elif arts:
             return arts[0]
     if missing:
-        raise BackendMissing(f"{b.root}: the {missing[0].name} backend is not installed: pip install "
-                             f"'edge-kto-runtime[{missing[0].extra}]'")
+        raise BackendMissing(
+            f"{b.root}: the {missing[0].name} backend is not installed: pip install "
+            f"'edge-kto-runtime[{missing[0].extra}]'"
+        )
     raise BundleError(f"{b.root}: no {backend} artifact; have {[a.path for a in b.artifacts]}")
 
 
@@ -77,9 +79,17 @@ class FailedArtifact(BundleError):
     """The export's alignment gate marked this artifact as failed, and the caller requires a pass."""
 
 
-def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None, n_threads: int | None = None,
-         n_ctx: int | None = None, verify: bool = True, feedback_db: str | Path | None = None,
-         require_passed: bool = False, expect_digest: str | None = None) -> "EdgeModel":
+def load(
+    bundle: str | Path,
+    backend: str = "auto",
+    artifact: str | None = None,
+    n_threads: int | None = None,
+    n_ctx: int | None = None,
+    verify: bool = True,
+    feedback_db: str | Path | None = None,
+    require_passed: bool = False,
+    expect_digest: str | None = None,
+) -> "EdgeModel":
     """Open a bundle folder or zip, verify it (every file's size and sha256, streamed), load one artifact.
 
     ``verify=False`` skips hashing (the manifest schema is still checked) — for a bundle just verified.
@@ -94,8 +104,10 @@ def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None,
     art = _pick_artifact(b, backend, artifact)
     failed = failed_artifacts(b).get(art.path)
     if failed is not None:
-        msg = (f"{b.root}: artifact {art.path} FAILED the export's alignment gate ({'; '.join(failed)}); "
-               "its answers may differ from the trained student's")
+        msg = (
+            f"{b.root}: artifact {art.path} FAILED the export's alignment gate ({'; '.join(failed)}); "
+            "its answers may differ from the trained student's"
+        )
         if require_passed:
             raise FailedArtifact(msg + " — refused (load it anyway with require_passed=False / --allow-failed)")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -114,7 +126,9 @@ def load(bundle: str | Path, backend: str = "auto", artifact: str | None = None,
 
 
 class EdgeModel:
-    def __init__(self, bundle: Bundle, artifact: Artifact, backend: Backend, verify_s: float, load_s: float, n_threads: int):
+    def __init__(
+        self, bundle: Bundle, artifact: Artifact, backend: Backend, verify_s: float, load_s: float, n_threads: int
+    ):
         self.bundle, self.artifact, self.backend = bundle, artifact, backend
         self.verify_s, self.load_s, self.n_threads = verify_s, load_s, n_threads
         tok = bundle.manifest["tokenizer"]
@@ -129,8 +143,13 @@ class EdgeModel:
     # ------------------------------------------------------------ prompts -> ids
 
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
-        return render_chat(self.chat_template, messages, add_generation_prompt,
-                           bos_token=self.bos, eos_token=self.eos_tokens[0] if self.eos_tokens else None)
+        return render_chat(
+            self.chat_template,
+            messages,
+            add_generation_prompt,
+            bos_token=self.bos,
+            eos_token=self.eos_tokens[0] if self.eos_tokens else None,
+        )
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Chat messages go through the bundle's template; a string is used as raw text.
@@ -173,19 +192,32 @@ class EdgeModel:
 
     # ------------------------------------------------------------ generation
 
-    def stream_events(self, prompt: Prompt | list[int], max_new_tokens: int | None = None, temperature: float | None = None,
-                      top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
-                      ignore_eos: bool = False, truncate: bool = False) -> Iterator[StreamEvent]:
+    def stream_events(
+        self,
+        prompt: Prompt | list[int],
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        ignore_eos: bool = False,
+        truncate: bool = False,
+    ) -> Iterator[StreamEvent]:
         """Token by token: text pieces that are complete characters, never a stop string's prefix."""
         ids = self.ids(prompt)
-        max_new = int(max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", DEVICE_MAX_NEW_TOKENS))
+        max_new = int(
+            max_new_tokens if max_new_tokens is not None else self.defaults.get("max_new_tokens", DEVICE_MAX_NEW_TOKENS)
+        )
         temp = float(temperature if temperature is not None else self.defaults.get("temperature", 0.0))
         room = self.backend.n_ctx - len(ids)
         if room < 1:
             if not truncate:
-                raise ContextOverflow(f"prompt is {len(ids)} tokens; the context holds {self.backend.n_ctx} "
-                                      f"(load with a larger n_ctx, shorten the prompt, or pass truncate=True)")
-            ids = ids[-(self.backend.n_ctx - min(max_new, self.backend.n_ctx // 2)):]
+                raise ContextOverflow(
+                    f"prompt is {len(ids)} tokens; the context holds {self.backend.n_ctx} "
+                    f"(load with a larger n_ctx, shorten the prompt, or pass truncate=True)"
+                )
+            ids = ids[-(self.backend.n_ctx - min(max_new, self.backend.n_ctx // 2)) :]
             room = self.backend.n_ctx - len(ids)
         stops = [s for s in (stop or []) + self.stop_strings if s]
         limit = min(max_new, room)  # the context can cut an answer before max_new_tokens: still "length"
@@ -200,7 +232,9 @@ class EdgeModel:
             text = self.backend.detokenize(out).decode("utf-8", errors="replace")
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:
-                yield StreamEvent(text[len(emitted):cut] if cut > len(emitted) else "", tok, time.perf_counter() - t0, "stop")
+                yield StreamEvent(
+                    text[len(emitted) : cut] if cut > len(emitted) else "", tok, time.perf_counter() - t0, "stop"
+                )
                 return
             safe = len(text.rstrip("\ufffd"))
             for s in stops:  # hold back a tail that may still become a stop string
@@ -208,12 +242,14 @@ class EdgeModel:
                     if text[:safe].endswith(s[:k]):
                         safe -= k
                         break
-            piece = text[len(emitted):safe] if safe > len(emitted) else ""
+            piece = text[len(emitted) : safe] if safe > len(emitted) else ""
             emitted += piece
             yield StreamEvent(piece, tok, time.perf_counter() - t0)
         text = self.backend.detokenize(out).decode("utf-8", errors="replace") if out else ""
         reason = reason or ("length" if len(out) >= limit else "stop")
-        yield StreamEvent(text[len(emitted):] if len(text) > len(emitted) else "", None, time.perf_counter() - t0, reason)
+        yield StreamEvent(
+            text[len(emitted) :] if len(text) > len(emitted) else "", None, time.perf_counter() - t0, reason
+        )
 
     def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:
         rid = kw.pop("request_id", None) or uuid.uuid4().hex
@@ -284,9 +320,16 @@ class EdgeModel:
         self.close()
 
     def info(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle.root), "artifact": self.artifact.path, "backend": self.backend_name,
-                "quant": self.artifact.quant, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
-                "verify_s": round(self.verify_s, 4), "load_s": round(self.load_s, 4)}
+        return {
+            "bundle": str(self.bundle.root),
+            "artifact": self.artifact.path,
+            "backend": self.backend_name,
+            "quant": self.artifact.quant,
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "verify_s": round(self.verify_s, 4),
+            "load_s": round(self.load_s, 4),
+        }
 
     # ------------------------------------------------------------ token-level door (bench, check, server)
     # Callers use these, never ``m.backend``: EdgeModel is the one owner of the backend, and what a

@@ -32,11 +32,11 @@ from typing import Any
 
 from . import serve_requests as req
 from .chat import TemplateError
+from .errors import InvalidInput
 from .feedback import FeedbackStore, UnknownRequest
 from .model import ContextOverflow, EdgeModel
 from .openapi import openapi_spec
 from .serve_requests import BadRequest, host_allowed
-from .errors import InvalidInput
 
 
 @dataclass
@@ -85,8 +85,10 @@ class EdgeServer(ThreadingHTTPServer):
         if not self.slots.acquire(blocking=False):  # at the cap: answer 503 now rather than queue a thread
             body = b'{"error": {"message": "too many open connections; retry", "type": "server_busy"}}'
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -161,14 +163,23 @@ class Handler(BaseHTTPRequestHandler):
         self._responded = False
         cfg = self.server.cfg
         if not host_allowed(self.headers.get("Host"), cfg.allowed_hosts):
-            self._error(403, f"Host {self.headers.get('Host')!r} is not allowed (a DNS-rebinding guard); "
-                             "start the server with --allowed-host NAME to serve that name", etype="forbidden")
+            self._error(
+                403,
+                f"Host {self.headers.get('Host')!r} is not allowed (a DNS-rebinding guard); "
+                "start the server with --allowed-host NAME to serve that name",
+                etype="forbidden",
+            )
             return None
         origin = self.headers.get("Origin")
         if (origin and origin not in cfg.cors_origins) or (
-                not origin and self.headers.get("Sec-Fetch-Site") == "cross-site"):
-            self._error(403, f"cross-origin request from {origin or 'another site'} refused "
-                             "(allow a web app with --cors-origin ORIGIN)", etype="forbidden")
+            not origin and self.headers.get("Sec-Fetch-Site") == "cross-site"
+        ):
+            self._error(
+                403,
+                f"cross-origin request from {origin or 'another site'} refused "
+                "(allow a web app with --cors-origin ORIGIN)",
+                etype="forbidden",
+            )
             return None
         if cfg.api_key and not self._authorized(cfg.api_key):
             self._error(401, "missing or wrong bearer token", etype="authentication_error")
@@ -245,13 +256,22 @@ class Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight, only for configured origins
         self._body_read, self._responded = True, False
         origin = self.headers.get("Origin")
-        if not origin or origin not in self.server.cfg.cors_origins or not host_allowed(
-                self.headers.get("Host"), self.server.cfg.allowed_hosts):
-            return self._error(403, "CORS preflight refused (allow a web app with --cors-origin ORIGIN)", etype="forbidden")
+        if (
+            not origin
+            or origin not in self.server.cfg.cors_origins
+            or not host_allowed(self.headers.get("Host"), self.server.cfg.allowed_hosts)
+        ):
+            return self._error(
+                403, "CORS preflight refused (allow a web app with --cors-origin ORIGIN)", etype="forbidden"
+            )
         self.send_response(204)
-        for k, v in {**self._cors(), "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                     "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600",
-                     "Content-Length": "0"}.items():
+        for k, v in {
+            **self._cors(),
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600",
+            "Content-Length": "0",
+        }.items():
             self.send_header(k, v)
         self.end_headers()
 
@@ -262,19 +282,42 @@ class Handler(BaseHTTPRequestHandler):
             self._responded = False
             if path == "/health":
                 info = {k: v for k, v in self.server.model.info().items() if k != "bundle"}  # no local paths
-                return self._send(200, {"status": "ok", "model": self.server.name, **info,
-                                        "uptime_s": round(time.time() - self.server.started, 1)})
+                return self._send(
+                    200,
+                    {
+                        "status": "ok",
+                        "model": self.server.name,
+                        **info,
+                        "uptime_s": round(time.time() - self.server.started, 1),
+                    },
+                )
             return self._send(200, openapi_spec(self.server.cfg.max_tokens_cap, self.server.cfg.max_body_bytes))
         if self._admit(post=False) is None:
             return None
         if path == "/v1/models":
-            return self._send(200, {"object": "list", "data": [{"id": self.server.name, "object": "model",
-                                                                "created": int(self.server.started), "owned_by": "edge-kto"}]})
+            return self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.server.name,
+                            "object": "model",
+                            "created": int(self.server.started),
+                            "owned_by": "edge-kto",
+                        }
+                    ],
+                },
+            )
         return self._error(404, f"no route GET {path}")
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
-        routes = {"/v1/chat/completions": self._chat, "/v1/completions": self._completions, "/v1/feedback": self._feedback}
+        routes = {
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
+            "/v1/feedback": self._feedback,
+        }
         n = self._admit(post=True)
         if n is None:
             return None
@@ -284,11 +327,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict) -> None:
         msgs = req.messages(body)
-        self._generate(msgs, self.server.model.encode(msgs), req.sampling(body, self.server.cfg.max_tokens_cap), chat=True)
+        self._generate(
+            msgs, self.server.model.encode(msgs), req.sampling(body, self.server.cfg.max_tokens_cap), chat=True
+        )
 
     def _completions(self, body: dict) -> None:
         prompt = req.prompt(body)
-        self._generate(prompt, self.server.model.encode(prompt), req.sampling(body, self.server.cfg.max_tokens_cap), chat=False)
+        self._generate(
+            prompt, self.server.model.encode(prompt), req.sampling(body, self.server.cfg.max_tokens_cap), chat=False
+        )
 
     def _feedback(self, body: dict) -> None:
         store = self.server.feedback
@@ -321,12 +368,26 @@ class Handler(BaseHTTPRequestHandler):
         with srv.gen_lock:
             c = m.complete(ids, request_id=rid, **kw)
         self._log(rid, prompt, c.text)  # committed before the client can see the id
-        choice = ({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
-                  if chat else {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
-        self._send(200, {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                         "model": srv.name, "choices": [choice],
-                         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
-                                   "total_tokens": c.prompt_tokens + len(c.token_ids)}})
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+            if chat
+            else {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+        )
+        self._send(
+            200,
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": srv.name,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": len(c.token_ids),
+                    "total_tokens": c.prompt_tokens + len(c.token_ids),
+                },
+            },
+        )
 
     def _stream(self, rid: str, created: int, prompt: Any, ids: list[int], kw: dict[str, Any], chat: bool) -> None:
         obj = "chat.completion.chunk" if chat else "text_completion"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from .openapi import ROLES
 from .errors import InvalidInput
+from .openapi import ROLES
 
 SEED_MAX = 2**32 - 2  # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random": refuse, never truncate
 
@@ -64,14 +64,20 @@ def sampling(body: dict, cap: int) -> dict[str, Any]:
         raise BadRequest("'stream' must be a boolean", "stream")
     if not isinstance(ignore_eos, bool):
         raise BadRequest("'ignore_eos' must be a boolean", "ignore_eos")
-    return {"max_new_tokens": _num(body, key, 1, cap, min(256, cap), True),
-            "temperature": _num(body, "temperature", 0, 2, 0.0), "top_p": _num(body, "top_p", 0, 1, 1.0),
-            "seed": _num(body, "seed", 0, SEED_MAX, None, True), "stop": stop, "stream": stream,
-            "ignore_eos": ignore_eos}  # an extension (llama-server, vLLM): fixed-length outputs for benchmarks
+    return {
+        "max_new_tokens": _num(body, key, 1, cap, min(256, cap), True),
+        "temperature": _num(body, "temperature", 0, 2, 0.0),
+        "top_p": _num(body, "top_p", 0, 1, 1.0),
+        "seed": _num(body, "seed", 0, SEED_MAX, None, True),
+        "stop": stop,
+        "stream": stream,
+        "ignore_eos": ignore_eos,
+    }  # an extension (llama-server, vLLM): fixed-length outputs for benchmarks
 
 
 def text(value: str, param: str) -> str:
-    """A string that can be encoded: JSON's ``"\\ud800"`` escape decodes to a lone surrogate, which UTF-8 cannot hold."""
+    """A string that can be encoded: JSON's ``"\\ud800"`` escape decodes to a lone surrogate, which UTF-8
+    cannot hold."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -121,7 +127,7 @@ def host_allowed(value: str | None, allowed: tuple[str, ...]) -> bool:
     v = value.strip()
     if v.startswith("["):  # [v6-literal]:port
         end = v.find("]")
-        name, rest = (v[1:end], v[end + 1:]) if end > 0 else ("", "x")
+        name, rest = (v[1:end], v[end + 1 :]) if end > 0 else ("", "x")
         if rest and not (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit()):
             return False
     else:

@@ -25,7 +25,9 @@ def percentile(xs: Sequence[float], q: float) -> float:
     return s[lo] + (h - lo) * (s[hi] - s[lo])
 
 
-def bootstrap_ci(xs: Sequence[float], q: float = 99.0, n_boot: int = 2000, seed: int = 0, level: float = 95.0) -> tuple[float, float]:
+def bootstrap_ci(
+    xs: Sequence[float], q: float = 99.0, n_boot: int = 2000, seed: int = 0, level: float = 95.0
+) -> tuple[float, float]:
     rng = random.Random(seed)
     n = len(xs)
     stats = sorted(percentile([xs[rng.randrange(n)] for _ in range(n)], q) for _ in range(n_boot))
@@ -39,8 +41,15 @@ def summarize(xs: Sequence[float], ci: bool = True, seed: int = 0) -> dict[str, 
     mean = sum(xs) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
     out: dict[str, float | list[float] | int] = {
-        "n": n, "min": min(xs), "mean": mean, "stddev": sd, "p50": percentile(xs, 50), "p90": percentile(xs, 90),
-        "p99": percentile(xs, 99), "max": max(xs)}
+        "n": n,
+        "min": min(xs),
+        "mean": mean,
+        "stddev": sd,
+        "p50": percentile(xs, 50),
+        "p90": percentile(xs, 90),
+        "p99": percentile(xs, 99),
+        "max": max(xs),
+    }
     if ci and n > 1:
         out["p99_ci95"] = list(bootstrap_ci(xs, 99.0, seed=seed))
     return out

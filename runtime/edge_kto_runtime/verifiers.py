@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Any, Callable
+
 from .errors import InvalidInput
 from .plugins import import_target
 

@@ -37,7 +37,9 @@ def responses(raw: bytes) -> list[int]:
     return codes
 
 
-def request(method: str, path: str, body: bytes | dict | None = None, host: str | None = "127.0.0.1", **headers: str) -> bytes:
+def request(
+    method: str, path: str, body: bytes | dict | None = None, host: str | None = "127.0.0.1", **headers: str
+) -> bytes:
     """One request's bytes; ``host=None`` leaves the Host header out; header names use ``_`` for ``-``."""
     if isinstance(body, dict):
         body = json.dumps(body).encode()

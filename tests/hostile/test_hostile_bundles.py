@@ -4,8 +4,8 @@ states. Issue 15 items 2, 10, 11, 12 and the low ones on bundles."""
 
 from __future__ import annotations
 
-import re
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +45,9 @@ def test_manifest_digest_is_the_integrity_root(tiny_bundle, tmp_path, capsys):
     assert open_bundle(b, expect_digest=digest.upper()).root == b
     assert runtime_main(["verify", str(b), "--expect", digest]) == 0
     assert digest in capsys.readouterr().out
-    _edit(b, lambda m: m["tokenizer"].update(chat_template="{{ messages[0]['content'] }}"))  # hashes of files still fine
+    _edit(
+        b, lambda m: m["tokenizer"].update(chat_template="{{ messages[0]['content'] }}")
+    )  # hashes of files still fine
     assert open_bundle(b).manifest["tokenizer"]["chat_template"].startswith("{{")
     with pytest.raises(BundleError, match="manifest digest"):
         open_bundle(b, expect_digest=digest)
@@ -87,7 +89,9 @@ def test_zip_extraction_writes_only_listed_files_of_their_listed_size(tiny_bundl
     assert z.stat().st_size < 20 << 20  # 50 MB of zeros deflate to little
     out = safe_extract(z, tmp_path / "x")
     assert not (out / "padding.bin").exists()
-    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < (tmp_path / "src" / ART).stat().st_size + (1 << 20)
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < (tmp_path / "src" / ART).stat().st_size + (
+        1 << 20
+    )
 
     lying = tmp_path / "lying.zip"  # an entry that unpacks to more than the manifest lists
     with zipfile.ZipFile(lying, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -127,15 +131,18 @@ def test_concurrent_first_loads_of_one_zip_all_succeed(tiny_bundle, tmp_path):
     assert not list(tmp_path.glob(".c.*"))  # no extraction debris
 
 
-@pytest.mark.parametrize("edit,field", [
-    (lambda m: m["tokenizer"].update(eos=5), "tokenizer.eos"),
-    (lambda m: m["tokenizer"].update(stop="</s>"), "tokenizer.stop"),
-    (lambda m: m["tokenizer"].update(eos_ids=["2"]), "tokenizer.eos_ids"),
-    (lambda m: m.update(generation="fast"), "generation"),
-    (lambda m: m["generation"].update(n_ctx="2048"), "generation.n_ctx"),
-    (lambda m: m["artifacts"][0].update(bytes="12"), "artifacts[0]"),
-    (lambda m: m.update(alignment=[]), "alignment"),
-])
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (lambda m: m["tokenizer"].update(eos=5), "tokenizer.eos"),
+        (lambda m: m["tokenizer"].update(stop="</s>"), "tokenizer.stop"),
+        (lambda m: m["tokenizer"].update(eos_ids=["2"]), "tokenizer.eos_ids"),
+        (lambda m: m.update(generation="fast"), "generation"),
+        (lambda m: m["generation"].update(n_ctx="2048"), "generation.n_ctx"),
+        (lambda m: m["artifacts"][0].update(bytes="12"), "artifacts[0]"),
+        (lambda m: m.update(alignment=[]), "alignment"),
+    ],
+)
 def test_wrong_manifest_types_are_a_bundle_error_naming_the_field(tiny_bundle, tmp_path, edit, field):
     b = _small(tiny_bundle, tmp_path / "b")
     _edit(b, edit)
@@ -151,8 +158,15 @@ def test_an_upper_case_sha256_is_not_reported_as_modified(tiny_bundle, tmp_path)
 
 def _failed(tiny_bundle: Path, tmp_path: Path) -> Path:
     b = _small(tiny_bundle, tmp_path / "failed")
-    _edit(b, lambda m: m.update(alignment={"passed": False, "per_artifact": {
-        ART: {"passed": False, "failures": ["task_retention 0.700 < 0.97"]}}}))
+    _edit(
+        b,
+        lambda m: m.update(
+            alignment={
+                "passed": False,
+                "per_artifact": {ART: {"passed": False, "failures": ["task_retention 0.700 < 0.97"]}},
+            }
+        ),
+    )
     return b
 
 
@@ -173,8 +187,12 @@ def test_a_failed_artifact_warns_on_load_and_is_refused_when_a_pass_is_required(
 def test_serve_refuses_a_failed_artifact_unless_allowed(tiny_bundle, tmp_path):
     pytest.importorskip("llama_cpp")
     b = _failed(tiny_bundle, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "edge_kto_runtime.cli", "serve", str(b), "--port", "0", "--no-feedback"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_kto_runtime.cli", "serve", str(b), "--port", "0", "--no-feedback"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "FAILED the export's alignment gate" in r.stderr and "--allow-failed" in r.stderr
 
 

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, write_jsonl
+
 from edge_kto.data import read_kto, read_prompts
 from edge_kto.jsonl import AppendLog, DataError, dumps, iter_jsonl
 from edge_kto.label.human import read_human_labels
@@ -67,12 +67,16 @@ def test_runtime_bench_prompt_file_splits_on_newline_only(tmp_path):
 def test_a_bom_is_skipped_and_every_issue_is_reported_at_once(tmp_path):
     p = tmp_path / "kto.jsonl"
     good = json.dumps(_row(0, ""))
-    p.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n"
-                  + b'{"prompt": "q", "completion": "a"}\n'  # line 2: no label
-                  + b'{"prompt": "q", "completion": "\xff\xfe", "label": true}\n'  # line 3: invalid UTF-8
-                  + b'{"prompt": "q", "completion": "\\ud800", "label": true}\n'  # line 4: lone surrogate
-                  + b"{not json\n"  # line 5
-                  + b"[1, 2]\n")  # line 6
+    p.write_bytes(
+        b"\xef\xbb\xbf"
+        + good.encode()
+        + b"\n"
+        + b'{"prompt": "q", "completion": "a"}\n'  # line 2: no label
+        + b'{"prompt": "q", "completion": "\xff\xfe", "label": true}\n'  # line 3: invalid UTF-8
+        + b'{"prompt": "q", "completion": "\\ud800", "label": true}\n'  # line 4: lone surrogate
+        + b"{not json\n"  # line 5
+        + b"[1, 2]\n"
+    )  # line 6
     with pytest.raises(DataError) as e:
         read_kto(p)
     lines = sorted(i.line for i in e.value.issues)
@@ -129,14 +133,25 @@ def test_generate_resume_refuses_changed_prompts_teacher_or_sampling(tmp_path, t
     out = tmp_path / "cand.jsonl"
     teacher = TeacherConfig(kind="hf", model=str(tiny_model_dir), batch_size=2)
     sp = SamplingParams(n=1, temperature=0.7, max_new_tokens=3)
-    cfg = GenerateConfig(prompts=str(_prompts(tmp_path, ["a question", "another"])), out=str(out), teacher=teacher,
-                         sampling=sp, progress=False)
+    cfg = GenerateConfig(
+        prompts=str(_prompts(tmp_path, ["a question", "another"])),
+        out=str(out),
+        teacher=teacher,
+        sampling=sp,
+        progress=False,
+    )
     assert run_generate(cfg).written == 2
     assert run_generate(cfg).written == 0  # the same job resumes (nothing left)
     with pytest.raises(DataError, match="sampled with"):
-        run_generate(GenerateConfig(**{**cfg.__dict__, "sampling": SamplingParams(n=1, temperature=1.0, max_new_tokens=3)}))
+        run_generate(
+            GenerateConfig(**{**cfg.__dict__, "sampling": SamplingParams(n=1, temperature=1.0, max_new_tokens=3)})
+        )
     with pytest.raises(DataError, match="this run's teacher"):
-        run_generate(GenerateConfig(**{**cfg.__dict__, "teacher": TeacherConfig(kind="hf", model=str(tiny_model_dir), name="other")}))
+        run_generate(
+            GenerateConfig(
+                **{**cfg.__dict__, "teacher": TeacherConfig(kind="hf", model=str(tiny_model_dir), name="other")}
+            )
+        )
     with pytest.raises(DataError, match="teacher context has changed"):
         run_generate(GenerateConfig(**{**cfg.__dict__, "teacher_context": "secret notes"}))
     edited = _prompts(tmp_path, ["an edited question", "another"])
@@ -149,12 +164,23 @@ def test_train_resume_refuses_other_data_or_learning_rate(tmp_path, tiny_model_d
     from edge_kto.train import TrainConfig
     from edge_kto.train.recipe import setup_training
 
-    rows = [{"prompt": f"{i} + 1 =", "completion": f" {i + 1}" if i % 2 else " 0", "label": bool(i % 2)} for i in range(16)]
+    rows = [
+        {"prompt": f"{i} + 1 =", "completion": f" {i + 1}" if i % 2 else " 0", "label": bool(i % 2)} for i in range(16)
+    ]
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
-    base = dict(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), batch_size=4, max_steps=2,
-                cache_dir=str(tmp_path / "ref"), plot=False)
+    base = dict(
+        data=str(data),
+        model=str(tiny_model_dir),
+        out=str(tmp_path / "run"),
+        batch_size=4,
+        max_steps=2,
+        cache_dir=str(tmp_path / "ref"),
+        plot=False,
+    )
     setup_training(TrainConfig.from_dict(base), progress=False)  # a run that was killed before its first checkpoint
-    setup_training(TrainConfig.from_dict({**base, "save_steps": 7}), resume=True, progress=False)  # bookkeeping may change
+    setup_training(
+        TrainConfig.from_dict({**base, "save_steps": 7}), resume=True, progress=False
+    )  # bookkeeping may change
     with pytest.raises(ValueError, match=r"Changed: lr: 0.0001 -> 0.0002"):
         setup_training(TrainConfig.from_dict({**base, "lr": 2e-4}), resume=True, progress=False)
     write_jsonl(data, rows[::-1][:12])
@@ -193,8 +219,17 @@ def test_export_sweeps_killed_builds_and_zips_under_the_full_name(tmp_path, tiny
     dead = _dead_pid()
     debris = tmp_path / f".student-1.5.building-{dead}-q1w2"
     (debris / "sub").mkdir(parents=True)
-    res = run_export(ExportConfig(source=str(tiny_model_dir), out=str(tmp_path / "student-1.5"), gguf=["Q8_0"],
-                                  onnx=False, check=False, zip=True), progress=False)
+    res = run_export(
+        ExportConfig(
+            source=str(tiny_model_dir),
+            out=str(tmp_path / "student-1.5"),
+            gguf=["Q8_0"],
+            onnx=False,
+            check=False,
+            zip=True,
+        ),
+        progress=False,
+    )
     assert res.zip_path == tmp_path / "student-1.5.zip" and res.zip_path.is_file()
     assert not (tmp_path / "student-1.zip").exists() and not debris.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -204,9 +239,11 @@ def test_export_sweeps_killed_builds_and_zips_under_the_full_name(tmp_path, tiny
 
 
 class _OddTeacher(BaseHTTPRequestHandler):
-    replies = {"/empty/v1/chat/completions": (b'{"choices": []}', "application/json"),
-               "/html/v1/chat/completions": (b"<html>login</html>", "text/html"),
-               "/null/v1/chat/completions": (b'{"choices": [{"message": {"content": 5}}]}', "application/json")}
+    replies = {
+        "/empty/v1/chat/completions": (b'{"choices": []}', "application/json"),
+        "/html/v1/chat/completions": (b"<html>login</html>", "text/html"),
+        "/null/v1/chat/completions": (b'{"choices": [{"message": {"content": 5}}]}', "application/json"),
+    }
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -221,15 +258,20 @@ class _OddTeacher(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("kind,message", [("empty", "without a choice"), ("html", "not JSON"), ("null", "expected text")])
+@pytest.mark.parametrize(
+    "kind,message", [("empty", "without a choice"), ("html", "not JSON"), ("null", "expected text")]
+)
 def test_a_teacher_200_without_an_answer_is_a_clear_error(kind, message):
     from edge_kto.teacher.base import GenRequest, SamplingParams, TeacherConfig
     from edge_kto.teacher.openai_http import OpenAITeacher, TeacherHTTPError
 
     srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _OddTeacher)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    t = OpenAITeacher(TeacherConfig(kind="openai", model="m", base_url=f"http://127.0.0.1:{srv.server_address[1]}/{kind}/v1",
-                                    max_retries=0))
+    t = OpenAITeacher(
+        TeacherConfig(
+            kind="openai", model="m", base_url=f"http://127.0.0.1:{srv.server_address[1]}/{kind}/v1", max_retries=0
+        )
+    )
     try:
         with pytest.raises(TeacherHTTPError, match=message):
             t.generate([GenRequest("k", [{"role": "user", "content": "hi"}])], SamplingParams(n=1))

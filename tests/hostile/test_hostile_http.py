@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import free_port
 from rawhttp import exchange, json_body, request, responses
 
@@ -37,8 +36,13 @@ def model(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def srv(model, tmp_path_factory):
-    s = _start(model, api_key="k3y", timeout_s=1.0, feedback_db=str(tmp_path_factory.mktemp("fb") / "f.sqlite"),
-               cors_origins=("http://localhost:3000",))
+    s = _start(
+        model,
+        api_key="k3y",
+        timeout_s=1.0,
+        feedback_db=str(tmp_path_factory.mktemp("fb") / "f.sqlite"),
+        cors_origins=("http://localhost:3000",),
+    )
     yield s
     s.shutdown()
     s.server_close()
@@ -58,9 +62,20 @@ def _post(s, body, host="127.0.0.1", **headers):
 # ---- 3. DNS rebinding, CSRF, content type
 
 
-@pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("localhost:8080", True), ("[::1]:80", True),
-                                     ("192.168.1.7", True), ("evil.example", False), ("evil.example:8080", False),
-                                     ("localhost.evil.example", False), ("127.0.0.1:x", False), (None, False)])
+@pytest.mark.parametrize(
+    "host,ok",
+    [
+        ("127.0.0.1", True),
+        ("localhost:8080", True),
+        ("[::1]:80", True),
+        ("192.168.1.7", True),
+        ("evil.example", False),
+        ("evil.example:8080", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1:x", False),
+        (None, False),
+    ],
+)
 def test_host_header_allows_only_loopback_ip_literals_and_named_hosts(srv, host, ok):
     raw = exchange(_port(srv), request("GET", "/v1/models", host=host, Connection="close", **AUTH))
     assert responses(raw) == [200 if ok else 403]
@@ -81,25 +96,41 @@ def test_cross_origin_requests_are_refused_unless_the_origin_is_allowed(srv):
     assert responses(_post(srv, CHAT, Sec_Fetch_Site="cross-site", **AUTH)) == [403]
     raw = _post(srv, CHAT, Origin="http://localhost:3000", **AUTH)
     assert responses(raw) == [200] and b"Access-Control-Allow-Origin: http://localhost:3000" in raw
-    pre = exchange(_port(srv), request("OPTIONS", "/v1/chat/completions", Origin="http://localhost:3000",
-                                       Access_Control_Request_Method="POST", Connection="close"))
+    pre = exchange(
+        _port(srv),
+        request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            Origin="http://localhost:3000",
+            Access_Control_Request_Method="POST",
+            Connection="close",
+        ),
+    )
     assert responses(pre) == [204]
-    bad = exchange(_port(srv), request("OPTIONS", "/v1/chat/completions", Origin="https://evil.example", Connection="close"))
+    bad = exchange(
+        _port(srv), request("OPTIONS", "/v1/chat/completions", Origin="https://evil.example", Connection="close")
+    )
     assert responses(bad) == [403]
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""]
+)
 def test_a_non_json_content_type_is_refused_csrf_forms_cannot_post(srv, ctype):
     body = json.dumps(CHAT).encode()
-    raw = exchange(_port(srv), request("POST", "/v1/chat/completions", body, Content_Type=ctype, Connection="close", **AUTH))
+    raw = exchange(
+        _port(srv), request("POST", "/v1/chat/completions", body, Content_Type=ctype, Connection="close", **AUTH)
+    )
     assert responses(raw) == [415]
 
 
 # ---- 4. desync after errors; 14. auth
 
 
-@pytest.mark.parametrize("path,auth", [("/v1/chat/completions", {}), ("/v1/nope", AUTH),
-                                       ("/v1/chat/completions", {"Authorization": "Bearer wrong"})])
+@pytest.mark.parametrize(
+    "path,auth",
+    [("/v1/chat/completions", {}), ("/v1/nope", AUTH), ("/v1/chat/completions", {"Authorization": "Bearer wrong"})],
+)
 def test_an_unread_body_is_never_parsed_as_the_next_request(srv, path, auth):
     smuggled = request("GET", "/v1/models", **AUTH)
     raw = exchange(_port(srv), request("POST", path, smuggled, **auth))
@@ -127,8 +158,11 @@ def test_slowloris_and_idle_connections_are_closed_after_the_timeout(srv):
     socks = []
     for i in range(20):
         s = socket.create_connection(("127.0.0.1", _port(srv)))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else
-                  request("POST", "/v1/chat/completions", b'{"messages": [', Content_Length="9999", **AUTH))
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            if i % 2
+            else request("POST", "/v1/chat/completions", b'{"messages": [', Content_Length="9999", **AUTH)
+        )
         socks.append(s)
     time.sleep(0.3)
     assert threading.active_count() >= base + 10  # they are being served...
@@ -165,8 +199,18 @@ def test_connections_over_the_cap_get_503_not_a_thread(model):
 
 
 def test_expect_100_continue_gets_413_before_the_body_is_sent(srv):
-    raw = exchange(_port(srv), request("POST", "/v1/chat/completions", None, Content_Type="application/json",
-                                       Content_Length=str(10 << 20), Expect="100-continue", **AUTH))
+    raw = exchange(
+        _port(srv),
+        request(
+            "POST",
+            "/v1/chat/completions",
+            None,
+            Content_Type="application/json",
+            Content_Length=str(10 << 20),
+            Expect="100-continue",
+            **AUTH,
+        ),
+    )
     assert responses(raw) == [413] and b"100 Continue" not in raw
 
 
@@ -174,8 +218,18 @@ def test_expect_100_continue_for_an_admitted_request(srv):
     body = json.dumps(CHAT).encode()
     with socket.create_connection(("127.0.0.1", _port(srv))) as s:
         s.settimeout(5)
-        s.sendall(request("POST", "/v1/chat/completions", None, Content_Type="application/json",
-                          Content_Length=str(len(body)), Expect="100-continue", Connection="close", **AUTH))
+        s.sendall(
+            request(
+                "POST",
+                "/v1/chat/completions",
+                None,
+                Content_Type="application/json",
+                Content_Length=str(len(body)),
+                Expect="100-continue",
+                Connection="close",
+                **AUTH,
+            )
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 100")
         s.sendall(body)
         out = b""
@@ -186,8 +240,19 @@ def test_expect_100_continue_for_an_admitted_request(srv):
 
 @pytest.mark.parametrize("length,code", [("²", 400), ("-1", 400), ("1e3", 400), ("0x10", 400), (" ", 400)])
 def test_odd_content_length_is_a_400(srv, length, code):
-    raw = exchange(_port(srv), request("POST", "/v1/chat/completions", None, Content_Type="application/json",
-                                       Content_Length=length, Connection="close", **AUTH) + b"{}")
+    raw = exchange(
+        _port(srv),
+        request(
+            "POST",
+            "/v1/chat/completions",
+            None,
+            Content_Type="application/json",
+            Content_Length=length,
+            Connection="close",
+            **AUTH,
+        )
+        + b"{}",
+    )
     assert responses(raw) == [code]
 
 
@@ -198,8 +263,13 @@ def test_a_latin1_superscript_content_length_byte_is_a_400(srv):
 
 
 def test_chunked_bodies_and_short_bodies_are_refused_cleanly(srv):
-    raw = exchange(_port(srv), request("POST", "/v1/chat/completions", None, Content_Type="application/json",
-                                       Transfer_Encoding="chunked", **AUTH) + b"2\r\n{}\r\n0\r\n\r\n")
+    raw = exchange(
+        _port(srv),
+        request(
+            "POST", "/v1/chat/completions", None, Content_Type="application/json", Transfer_Encoding="chunked", **AUTH
+        )
+        + b"2\r\n{}\r\n0\r\n\r\n",
+    )
     assert responses(raw) == [411]
     raw = exchange(_port(srv), request("POST", "/v1/chat/completions", b'{"a"', Content_Length="50", **AUTH), wait_s=3)
     assert responses(raw) == []  # the client never sent its body: the timeout closes, nothing is guessed
@@ -208,11 +278,14 @@ def test_chunked_bodies_and_short_bodies_are_refused_cleanly(srv):
 # ---- 7. no dropped connections
 
 
-@pytest.mark.parametrize("body", [
-    {"messages": [{"role": "user", "content": "\ud800"}]},
-    {"messages": [{"role": "user", "content": "hi"}], "stop": ["\udfff"]},
-    {"prompt": "x\ud83d"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": "\ud800"}]},
+        {"messages": [{"role": "user", "content": "hi"}], "stop": ["\udfff"]},
+        {"prompt": "x\ud83d"},
+    ],
+)
 def test_lone_surrogates_are_a_400_naming_the_field(srv, body):
     path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
     raw = exchange(_port(srv), request("POST", path, json.dumps(body).encode(), Connection="close", **AUTH))
@@ -221,7 +294,9 @@ def test_lone_surrogates_are_a_400_naming_the_field(srv, body):
 
 def test_a_template_raise_exception_is_a_400(srv, model):
     old = model.chat_template
-    model.chat_template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('roles must start with system') }}{% endif %}x"
+    model.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('roles must start with system') }}{% endif %}x"
+    )
     try:
         raw = _post(srv, CHAT, **AUTH)
     finally:
@@ -229,8 +304,16 @@ def test_a_template_raise_exception_is_a_400(srv, model):
     assert responses(raw) == [400] and "roles must start with system" in json_body(raw)["error"]["message"]
 
 
-@pytest.mark.parametrize("extra,param", [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"), ({"echo": True}, "echo"),
-                                         ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed")])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"echo": True}, "echo"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**40}, "seed"),
+    ],
+)
 def test_unsupported_options_and_out_of_range_seeds_are_refused_by_name(srv, extra, param):
     raw = _post(srv, {**CHAT, **extra}, **AUTH)
     assert responses(raw) == [400] and json_body(raw)["error"]["param"] == param
@@ -242,14 +325,18 @@ def test_unsupported_options_and_out_of_range_seeds_are_refused_by_name(srv, ext
 def test_an_immediate_thumbs_up_always_finds_its_completion(srv):
     for _ in range(30):
         rid = json_body(_post(srv, CHAT, **AUTH))["id"]
-        fb = exchange(_port(srv), request("POST", "/v1/feedback", {"request_id": rid, "good": True}, Connection="close", **AUTH))
+        fb = exchange(
+            _port(srv), request("POST", "/v1/feedback", {"request_id": rid, "good": True}, Connection="close", **AUTH)
+        )
         assert responses(fb) == [200]
 
 
 def test_stream_logs_the_completion_before_the_last_chunk(srv):
     raw = _post(srv, {**CHAT, "stream": True}, **AUTH)
     rid = json.loads(raw.split(b"data: ", 2)[1].split(b"\n\n")[0])["id"]
-    fb = exchange(_port(srv), request("POST", "/v1/feedback", {"request_id": rid, "good": False}, Connection="close", **AUTH))
+    fb = exchange(
+        _port(srv), request("POST", "/v1/feedback", {"request_id": rid, "good": False}, Connection="close", **AUTH)
+    )
     assert responses(fb) == [200]
 
 
@@ -299,9 +386,29 @@ def test_load_64_clients_x_10_requests_zero_errors(tiny_bundle, tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "load.json"
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / "serve_load.py"), "--bundle", str(tiny_bundle),
-                        "--artifact", "model-q8_0.gguf", "--threads", "1", "--clients", "64", "--requests", "10", "--max-tokens", "4",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "serve_load.py"),
+            "--bundle",
+            str(tiny_bundle),
+            "--artifact",
+            "model-q8_0.gguf",
+            "--threads",
+            "1",
+            "--clients",
+            "64",
+            "--requests",
+            "10",
+            "--max-tokens",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(out.read_text())
     assert rep["loaded"]["requests"] == 640 and rep["loaded"]["errors"] == 0

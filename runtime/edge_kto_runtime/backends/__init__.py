@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
+
 from ..errors import InvalidInput, MissingDependency
 
 
@@ -59,10 +60,21 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
     return spec
 
 
-register_backend(BackendSpec("llama.cpp", "edge_kto_runtime.backends.llamacpp:LlamaCppBackend", "llama_cpp", "llamacpp",
-                             ("gguf",), prefix_cache=True))
-register_backend(BackendSpec("onnxruntime-genai", "edge_kto_runtime.backends.onnx:OnnxGenaiBackend", "onnxruntime_genai",
-                             "onnx", ("onnx",)))
+register_backend(
+    BackendSpec(
+        "llama.cpp",
+        "edge_kto_runtime.backends.llamacpp:LlamaCppBackend",
+        "llama_cpp",
+        "llamacpp",
+        ("gguf",),
+        prefix_cache=True,
+    )
+)
+register_backend(
+    BackendSpec(
+        "onnxruntime-genai", "edge_kto_runtime.backends.onnx:OnnxGenaiBackend", "onnxruntime_genai", "onnx", ("onnx",)
+    )
+)
 
 
 def backend_names() -> list[str]:
@@ -90,8 +102,9 @@ class Backend(Protocol):
 
     def detokenize(self, ids: list[int]) -> bytes: ...
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                     seed: int | None) -> Iterator[int]: ...
+    def generate_ids(
+        self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None
+    ) -> Iterator[int]: ...
 
     def logits(self, ids: list[int], positions: list[int]) -> np.ndarray: ...
 

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import BackendMissing
 from ..errors import ToolError
+from . import BackendMissing
 
 try:
     import onnxruntime_genai as og
@@ -73,8 +73,15 @@ class OnnxGenaiBackend:
         params.set_search_options(max_length=max_length, **search)
         return og.Generator(self.model, params)
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                     seed: int | None = None) -> Iterator[int]:
+    def generate_ids(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
         search: dict = {"do_sample": temperature > 0}
         if temperature > 0:
             search.update(temperature=temperature, top_p=top_p, **({"top_k": top_k} if top_k else {}))

@@ -186,8 +186,9 @@ public class MainActivity extends Activity {
     }
 
     /**
-     * `edge-runtime bench`'s default run on this phone (5 warm-up + 100 runs, 128 prompt + 64
-     * generated tokens, greedy, KV reset per run), so the two can be compared side by side.
+     * `edge-runtime bench --runs 100`'s run on this phone (5 warm-up + 100 runs, 128 prompt + 64
+     * generated tokens, greedy, KV reset per run), so the two can be compared side by side. Shorter
+     * than the CLI's default 200 runs (defaults.BENCH_RUNS) to keep the phone responsive.
      */
     private void runBenchmark() {
         if (loaded == null || generating || !(loaded.engine instanceof LlamaChat)) {

@@ -27,7 +27,7 @@ def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
         dest=f"{prefix}kind",
         choices=list(TEACHERS),
         default="gguf",
-        help="teacher backend: hf (transformers), gguf (llama.cpp) or openai (HTTP endpoint)",
+        help="teacher backend (TEACHERS): hf (transformers), gguf (llama.cpp), openai (HTTP), or a registered one",
     )
     p.add_argument(
         f"{dash}model",

@@ -47,10 +47,10 @@ class Stage:
 
 def key_material(inputs: Any) -> dict[str, Any]:
     """What a stage's key hashes: its inputs as data, a task folder by content (not by path)."""
-    d = asdict(inputs)
-    for v in d.values():
-        if isinstance(v, dict) and set(v) == {f.name for f in dataclasses.fields(stages.TaskRef)}:
-            v.pop("dir")
+    d: dict[str, Any] = {}
+    for f in dataclasses.fields(inputs):
+        v = getattr(inputs, f.name)
+        d[f.name] = v.key() if isinstance(v, stages.TaskRef) else asdict(v) if dataclasses.is_dataclass(v) else v
     return d
 
 

@@ -31,6 +31,9 @@ class TaskRef:
     fingerprint: str
     limit: int | None = None
 
+    def key(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "limit": self.limit}
+
     def load(self) -> Any:
         task = read_task(self.dir)
         if self.limit:

@@ -101,20 +101,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidInput(f"{where}: unknown training option(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        lora = d.pop("lora", None) or {}
-        if isinstance(lora, dict):
-            lknown = {f.name for f in dataclasses.fields(LoraConfig)}
-            if set(lora) - lknown:
-                raise InvalidInput(
-                    f"{where}: unknown lora option(s) {sorted(set(lora) - lknown)}; known: {sorted(lknown)}"
-                )
-            lora = LoraConfig(**lora)
-        return cls(lora=lora, **d)
+        """Every key and value type checked (``where: key: message``), then :meth:`validate`."""
+        from ..schema import from_mapping
+
+        return from_mapping(cls, d, where)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":

@@ -99,6 +99,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         human_labels=a.human_labels,
         on_policy=on_policy,
         dedupe=not a.keep_duplicates,
+        **({"rubric": _read_text(a.rubric)} if a.rubric else {}),  # unset: LabelConfig's default rubric
     )
     res = run_label(cfg)
     s = res.summary
@@ -428,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--labeler", choices=list(LABELERS), default="verifier")
     lab.add_argument("--verifier", help=" | ".join([*BUILTIN_VERIFIERS, "module:function"]))
     lab.add_argument("--human-labels", help="JSONL or CSV with id,label")
+    lab.add_argument(
+        "--rubric", help="the judge's rubric text, or @FILE (default: edge_kto.label.judge.DEFAULT_RUBRIC)"
+    )
     _teacher_args(lab, "judge_")
     lab.add_argument("--student", help="also sample the student (on-policy) for each prompt")
     lab.add_argument("--student-n", type=int, default=2)

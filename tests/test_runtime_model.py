@@ -175,3 +175,20 @@ def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, 
         "source": "device",
         "model": rows[bad.request_id]["model"],
     }
+
+
+def test_a_streamed_answer_is_logged_like_a_completed_one_and_can_be_rated(tiny_bundle, tmp_path):
+    from edge_kto_runtime.feedback import FeedbackStore
+
+    db = tmp_path / "fb.sqlite"
+    msgs = [{"role": "user", "content": "hi"}]
+    with load(tiny_bundle, artifact="model-q8_0.gguf", verify=False, feedback_db=db) as m:
+        text = "".join(m.stream(msgs, max_new_tokens=4))
+        m.feedback(m.last_request_id, True)
+        "".join(m.stream("raw", request_id="mine", max_new_tokens=2))
+        m.feedback("mine", False)
+    store = FeedbackStore(db)
+    rows = {r["id"]: r for r in store.rows()}
+    assert store.counts() == {"completions": 2, "rated": 2, "good": 1, "bad": 1}
+    store.close()
+    assert [r["completion"] for r in rows.values() if r["label"]] == [text] and rows["mine"]["prompt"] == "raw"

@@ -10,6 +10,7 @@ from . import SCHEMA_VERSION, __version__
 from .backends import backend_names
 from .defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
 from .errors import GateFailed, InvalidInput, add_common_flags, run_cli
+from .serve import ServeConfig
 
 
 def _thresholds(pairs: list[str] | None) -> dict[str, float] | None:
@@ -233,6 +234,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+#: ServeConfig's defaults, shown and used by `edge-runtime serve` (one source: the dataclass).
+_SERVE = ServeConfig()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-runtime", description="Run edge-kto bundles offline (no torch).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -264,15 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (127.0.0.1 unless --host)")
     s.add_argument("bundle")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--host", default=_SERVE.host)
+    s.add_argument("--port", type=int, default=_SERVE.port)
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--artifact")
     s.add_argument("--threads", type=int)
     s.add_argument("--n-ctx", type=int)
-    s.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    s.add_argument("--max-tokens-cap", type=int, default=512)
+    s.add_argument("--max-body-bytes", type=int, default=_SERVE.max_body_bytes)
+    s.add_argument("--max-tokens-cap", type=int, default=_SERVE.max_tokens_cap)
     s.add_argument("--model-name")
     s.add_argument("--feedback-db", help="SQLite file for completions + thumbs (default: BUNDLE-feedback.sqlite)")
     s.add_argument("--no-feedback", action="store_true")
@@ -288,8 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let a web app at ORIGIN (e.g. http://localhost:3000) call the API; none by default",
     )
-    s.add_argument("--max-connections", type=int, default=128, help="open connections served at once (503 beyond)")
-    s.add_argument("--timeout", type=float, default=30.0, help="seconds a socket may stay silent before it is closed")
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=_SERVE.max_connections,
+        help="open connections served at once (503 beyond)",
+    )
+    s.add_argument(
+        "--timeout", type=float, default=_SERVE.timeout_s, help="seconds a socket may stay silent before it is closed"
+    )
     s.add_argument("--allow-failed", action="store_true", help="serve an artifact the export's gate marked failed")
     s.add_argument("--expect-digest", metavar="SHA256", help="refuse the bundle unless its manifest has this sha256")
     s.add_argument("--verbose", action="store_true", help="log every request")

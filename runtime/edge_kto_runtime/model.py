@@ -139,6 +139,7 @@ class EdgeModel:
         self.stop_strings: list[str] = [s for s in tok.get("stop") or [] if s]
         self.defaults = bundle.manifest.get("generation", {})
         self.feedback_store: Any = None  # a FeedbackStore when loaded with feedback_db
+        self.last_request_id: str | None = None  # of the latest complete() / stream(): what feedback() rates
 
     # ------------------------------------------------------------ prompts -> ids
 
@@ -264,9 +265,14 @@ class EdgeModel:
                 times.append(ev.t)
         total = time.perf_counter() - t0
         out = Completion(rid, "".join(text), toks, len(ids), reason, times[0] if times else total, total, times)
-        if self.feedback_store is not None and not _is_ids(prompt):
-            self.feedback_store.log_completion(rid, prompt, out.text, str(self.bundle.manifest.get("name")))
+        self.last_request_id = rid
+        self._log(rid, prompt, out.text)
         return out
+
+    def _log(self, rid: str, prompt: Any, text: str) -> None:
+        """Every finished text answer goes to the feedback log (when loaded with one), however it was asked."""
+        if self.feedback_store is not None and not _is_ids(prompt):
+            self.feedback_store.log_completion(rid, prompt, text, str(self.bundle.manifest.get("name")))
 
     def feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
         """Thumbs up/down on a completion returned by :meth:`complete` (needs ``load(..., feedback_db=...)``)."""
@@ -280,10 +286,17 @@ class EdgeModel:
     def chat(self, messages: Messages, **kw: Any) -> str:
         return self.complete(messages, **kw).text
 
-    def stream(self, prompt: Prompt, **kw: Any) -> Iterator[str]:
+    def stream(self, prompt: Prompt, request_id: str | None = None, **kw: Any) -> Iterator[str]:
+        """Text pieces as they are decoded. The whole answer is logged like :meth:`complete`'s, under
+        ``request_id`` (``m.last_request_id`` when not given), so it can be rated with :meth:`feedback`."""
+        rid = request_id or uuid.uuid4().hex
+        self.last_request_id = rid
+        parts = []
         for ev in self.stream_events(prompt, **kw):
             if ev.text:
+                parts.append(ev.text)
                 yield ev.text
+        self._log(rid, prompt, "".join(parts))
 
     # ------------------------------------------------------------ scoring
 

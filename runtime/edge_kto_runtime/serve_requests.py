@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from .defaults import DEVICE_MAX_NEW_TOKENS
 from .errors import InvalidInput
 from .openapi import ROLES
 
@@ -65,7 +66,7 @@ def sampling(body: dict, cap: int) -> dict[str, Any]:
     if not isinstance(ignore_eos, bool):
         raise BadRequest("'ignore_eos' must be a boolean", "ignore_eos")
     return {
-        "max_new_tokens": _num(body, key, 1, cap, min(256, cap), True),
+        "max_new_tokens": _num(body, key, 1, cap, min(DEVICE_MAX_NEW_TOKENS, cap), True),
         "temperature": _num(body, "temperature", 0, 2, 0.0),
         "top_p": _num(body, "top_p", 0, 1, 1.0),
         "seed": _num(body, "seed", 0, SEED_MAX, None, True),

@@ -139,3 +139,10 @@ def test_the_runner_reruns_a_stage_only_when_its_inputs_change(tmp_path):
     assert calls == [1, 2]  # the second 1 and the last 1 were cached
     done = sorted(json.loads(p.read_text())["result"]["x"] for p in tmp_path.glob("stages/s-*/done.json"))
     assert done == [1, 2]
+
+
+def test_a_missing_task_folder_is_refused_at_load(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text(f"task: {tmp_path / 'no-task'}\n")
+    with pytest.raises(FileNotFoundError, match=r"no-task/task\.json: no such file"):
+        PipelineConfig.from_yaml(p)

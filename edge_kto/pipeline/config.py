@@ -16,6 +16,7 @@ from typing import Any
 from edge_kto_runtime.defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
 from edge_kto_runtime.errors import InvalidInput, MissingInput
 
+from ..data import read_task
 from ..export import ExportConfig
 from ..finish import FinishConfig
 from ..schema import from_mapping, to_mapping
@@ -115,7 +116,9 @@ class PipelineConfig:
                 typed[f.name] = _section(type(default), value, where, f.name, default)
             else:
                 typed[f.name] = from_mapping(_Scalars, {f.name: value}, where).__dict__[f.name]
-        return cls(**typed)
+        cfg = cls(**typed)
+        read_task(cfg.task)  # the task folder itself: a missing file or bad row stops the run here, named
+        return cfg
 
 
 @dataclass

@@ -169,27 +169,39 @@ struct Model {
     int n_vocab = 0;
 };
 
-// Log-softmax rows (double) of the logits after each of `positions`, computed in one fresh pass.
-std::vector<std::vector<double>> logprobs(Model& M, const std::vector<llama_token>& ids, const std::vector<int>& positions) {
-    llama_memory_clear(llama_get_memory(M.ctx), true);
+// Decode `toks` at positions pos0.. on sequence 0 in n_batch chunks: `want(i)` says which tokens get
+// logits, `after(start, end)` reads them after each chunk (logits index i - start). One batch
+// owner for both passes below, freed on every path.
+template <class Want, class After>
+void decode_chunks(Model& M, const std::vector<llama_token>& toks, int pos0, Want want, After after) {
     const int n_batch = int(llama_n_batch(M.ctx));
-    std::vector<std::vector<double>> rows(positions.size());
     llama_batch batch = llama_batch_init(n_batch, 0, 1);
-    for (int start = 0; start < int(ids.size()); start += n_batch) {
-        const int end = std::min(int(ids.size()), start + n_batch);
+    for (int start = 0; start < int(toks.size()); start += n_batch) {
+        const int end = std::min(int(toks.size()), start + n_batch);
         batch.n_tokens = 0;
         for (int i = start; i < end; i++) {
             const int k = batch.n_tokens++;
-            batch.token[k] = ids[size_t(i)];
-            batch.pos[k] = i;
+            batch.token[k] = toks[size_t(i)];
+            batch.pos[k] = pos0 + i;
             batch.n_seq_id[k] = 1;
             batch.seq_id[k][0] = 0;
-            batch.logits[k] = std::find(positions.begin(), positions.end(), i) != positions.end();
+            batch.logits[k] = want(i, end);
         }
         if (llama_decode(M.ctx, batch) != 0) {
             llama_batch_free(batch);
             throw std::runtime_error("llama_decode failed");
         }
+        after(start, end);
+    }
+    llama_batch_free(batch);
+}
+
+// Log-softmax rows (double) of the logits after each of `positions`, computed in one fresh pass.
+std::vector<std::vector<double>> logprobs(Model& M, const std::vector<llama_token>& ids, const std::vector<int>& positions) {
+    llama_memory_clear(llama_get_memory(M.ctx), true);
+    std::vector<std::vector<double>> rows(positions.size());
+    auto want = [&](int i, int) { return std::find(positions.begin(), positions.end(), i) != positions.end(); };
+    auto after = [&](int start, int end) {
         for (int i = start; i < end; i++) {
             for (size_t r = 0; r < positions.size(); r++) {
                 if (positions[r] != i) continue;
@@ -203,8 +215,8 @@ std::vector<std::vector<double>> logprobs(Model& M, const std::vector<llama_toke
                 for (int v = 0; v < M.n_vocab; v++) rows[r][size_t(v)] = double(lg[v]) - lse;
             }
         }
-    }
-    llama_batch_free(batch);
+    };
+    decode_chunks(M, ids, 0, want, after);
     llama_memory_clear(llama_get_memory(M.ctx), true);
     return rows;
 }
@@ -212,33 +224,17 @@ std::vector<std::vector<double>> logprobs(Model& M, const std::vector<llama_toke
 // Greedy ids after `prompt` (at most n, stopping after an end-of-generation id), from an empty KV.
 std::vector<llama_token> greedy(Model& M, const std::vector<llama_token>& prompt, int n) {
     llama_memory_clear(llama_get_memory(M.ctx), true);
-    const int n_batch = int(llama_n_batch(M.ctx));
-    llama_batch batch = llama_batch_init(n_batch, 0, 1);
-    auto decode = [&](const std::vector<llama_token>& toks, int pos0) {
-        for (int start = 0; start < int(toks.size()); start += n_batch) {
-            const int end = std::min(int(toks.size()), start + n_batch);
-            batch.n_tokens = 0;
-            for (int i = start; i < end; i++) {
-                const int k = batch.n_tokens++;
-                batch.token[k] = toks[size_t(i)];
-                batch.pos[k] = pos0 + i;
-                batch.n_seq_id[k] = 1;
-                batch.seq_id[k][0] = 0;
-                batch.logits[k] = (i + 1 == end);
-            }
-            if (llama_decode(M.ctx, batch) != 0) throw std::runtime_error("llama_decode failed");
-        }
-    };
+    auto last_only = [](int i, int end) { return i + 1 == end; };
+    auto nothing = [](int, int) {};
     std::vector<llama_token> out;
-    decode(prompt, 0);
+    decode_chunks(M, prompt, 0, last_only, nothing);
     for (int i = 0; i < n; i++) {
         const float* lg = llama_get_logits_ith(M.ctx, -1);
         const llama_token t = llama_token(std::max_element(lg, lg + M.n_vocab) - lg);
         out.push_back(t);
         if (llama_vocab_is_eog(M.vocab, t) || i + 1 == n) break;
-        decode({t}, int(prompt.size() + out.size()) - 1);
+        decode_chunks(M, {t}, int(prompt.size() + out.size()) - 1, last_only, nothing);
     }
-    llama_batch_free(batch);
     return out;
 }
 

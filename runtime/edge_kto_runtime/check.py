@@ -151,6 +151,7 @@ def check_artifact(
                 "task_ok_fp": ok_fp,
                 "task_ok": ok_art,
                 "greedy_match": greedy_eq[-1],
+                "greedy_ids": art_ids,
                 "hard_margin_fp": row_hard[0] if row_hard else None,
                 "hard_margin": row_hard[1] if row_hard else None,
             }

@@ -78,7 +78,11 @@ class LlamaEngine:
             seed=seed,
             verbose=False,
         )
-        check_private_api(self.llm)
+        try:
+            check_private_api(self.llm)
+        except MissingDependency:
+            self.close()  # never leave a loaded model to interpreter shutdown (0.3.36 raises in free_model)
+            raise
         # llama.cpp may round the context up (e.g. to 256); llama-cpp-python's token buffer keeps the
         # requested size, so the smaller of the two is what fits.
         self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))

@@ -2,9 +2,10 @@
 //
 //   edge_check BUNDLE_DIR [--artifact NAME.gguf] [--threads N] [--limit ROWS] [--out FILE.json]
 //
-// 1. Verifies the bundle as edge-runtime does: manifest format and schema, every listed file's
-//    size and sha256 (the GGUF, every file of other artifacts, golden.jsonl). A mismatch: exit 2,
-//    naming the file, before any model is loaded.
+// 1. Verifies the bundle's integrity: manifest format and schema version, every listed file's size
+//    and sha256 (the GGUF, every file of other artifacts, golden.jsonl), paths kept inside the folder.
+//    A mismatch: exit 2, naming the file, before any model is loaded. (The Python runtime also
+//    refuses symlinks and unlisted files in artifact folders; this check does not.)
 // 2. Loads the GGUF artifact with llama.cpp (the same context settings as llama-cpp-python, which
 //    the export's gate used) and, for every row of golden.jsonl, measures what
 //    edge_kto_runtime.check.check_artifact measures: the top-k KL (fp top-16 + a rest bin) and top-1

@@ -62,3 +62,16 @@ def test_builtin_backends_declare_their_extra_and_capabilities():
     assert BACKENDS["llama.cpp"].prefix_cache and not BACKENDS["onnxruntime-genai"].prefix_cache
     assert {s.extra for s in BACKENDS.values()} == {"llamacpp", "onnx"}
     assert backend_names()[:1] == ["auto"] and {"gguf", "onnx"} <= set(backend_names())
+
+
+def test_a_registered_backend_that_is_not_installed_names_its_extra(tiny_bundle, tmp_path):
+    from edge_kto_runtime.backends import BackendMissing
+
+    b = _toy_bundle(tiny_bundle, tmp_path / "b")
+    register_backend(BackendSpec("toy", "toy_backend:ToyBackend", requires="no_such_module_edge_kto", extra="toy"))
+    try:
+        for kw in ({}, {"artifact": "model.toy"}):  # picked automatically, or named explicitly
+            with pytest.raises(BackendMissing, match=r"pip install 'edge-kto-runtime\[toy\]'"):
+                load(b, verify=False, **kw)
+    finally:
+        BACKENDS.pop("toy")

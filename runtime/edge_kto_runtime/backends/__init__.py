@@ -47,6 +47,10 @@ class BackendSpec:
     def open(self, path: Path, n_ctx: int, n_threads: int) -> "Backend":
         from ..plugins import import_target
 
+        if not self.installed():  # an artifact named explicitly: the same install hint as auto selection
+            raise BackendMissing(
+                f"the {self.name} backend is not installed: pip install 'edge-kto-runtime[{self.extra}]'"
+            )
         return import_target(self.target, "backend")(path, n_ctx, n_threads)
 
 

@@ -16,7 +16,7 @@ from .cli_flags import add_config_flags, flag_fields, given_flags
 from .export import ExportConfig
 from .finish import FinishConfig
 from .label import LABELERS
-from .teacher.base import TEACHERS
+from .teacher.base import TEACHERS, TeacherConfig
 from .train import TrainConfig
 
 
@@ -40,10 +40,16 @@ def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"{dash}timeout", dest=f"{prefix}timeout", type=float, default=120.0)
     p.add_argument(f"{dash}batch-size", dest=f"{prefix}batch_size", type=int, default=8)
     p.add_argument(f"{dash}threads", dest=f"{prefix}threads", type=int)
+    p.add_argument(
+        f"{dash}parallel",
+        dest=f"{prefix}parallel",
+        type=int,
+        default=TeacherConfig.parallel,
+        help="gguf: answers decoded together (continuous batching); 1 = one at a time",
+    )
 
 
 def _teacher_cfg(a: argparse.Namespace, prefix: str = ""):
-    from .teacher.base import TeacherConfig
 
     g = lambda k: getattr(a, prefix + k)  # noqa: E731
     return TeacherConfig(
@@ -54,6 +60,7 @@ def _teacher_cfg(a: argparse.Namespace, prefix: str = ""):
         timeout_s=g("timeout"),
         batch_size=g("batch_size"),
         n_threads=g("threads"),
+        parallel=g("parallel"),
     )
 
 
@@ -72,6 +79,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         teacher_context=_read_text(a.teacher_context),
         split=a.split,
         limit=a.limit,
+        progress=not a.quiet,
     )
     res = run_generate(cfg)
     print(

@@ -20,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .data import Messages, PromptItem, read_prompts, read_task, to_messages
-from .jsonl import AppendLog
+from .jsonl import AppendLog, write_jsonl_atomic
 from .teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
 
 
@@ -93,20 +93,29 @@ def run_generate(cfg: GenerateConfig, teacher: Teacher | None = None) -> Generat
             disable=not cfg.progress,
         )
         try:
-            for start in range(0, len(pending), teacher.batch_size):
-                chunk = pending[start : start + teacher.batch_size]
-                outs = teacher.generate([r for _, r in chunk], cfg.sampling)
-                for (it, req), texts in zip(chunk, outs):
-                    for k, text in zip(req.sample_indices, texts):
-                        log.append(_row(it, k, text, system, name, cfg.sampling, verifier, context))
-                        written += 1
-                    bar.update(len(texts))
+            # Answers come back as they finish (a batched teacher finishes short ones first); each is
+            # saved at once, so a kill loses only the answers in flight.
+            for i, k, text in teacher.stream([r for _, r in pending], cfg.sampling):
+                log.append(_row(pending[i][0], k, text, system, name, cfg.sampling, verifier, context))
+                written += 1
+                bar.update(1)
         finally:
             bar.close()
             log.close()
             if own_teacher:
                 teacher.close()
+        _sort_rows(log.path, {it.id: n for n, it in enumerate(items)})
     return GenerateResult(Path(cfg.out), len(items), written, skipped, time.perf_counter() - t0, name)
+
+
+def _sort_rows(path: Path, order: dict[str, int]) -> None:
+    """Put a finished file in prompt order, sample index within a prompt, whatever order the teacher
+    finished in: later stages (dedupe keeps the first row, training order) then see the same file
+    from a batched, a sequential or a resumed run."""
+    rows = AppendLog(path).recover()
+    key = [(order.get(r["prompt_id"], len(order)), r["sample_index"]) for r in rows]
+    if key != sorted(key):
+        write_jsonl_atomic(path, [r for _, r in sorted(zip(key, rows), key=lambda kr: kr[0])])
 
 
 def _same_job(

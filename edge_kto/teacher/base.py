@@ -1,14 +1,16 @@
 """The Teacher interface every backend implements, and the config that picks one.
 
 A teacher turns chat messages into ``n`` sampled answers. Backends differ in how they batch
-(transformers pads a batch, llama.cpp runs one sequence, an HTTP server takes parallel
-requests), so the generate stage hands them a list of requests and lets each backend decide.
+(transformers pads a batch, llama.cpp decodes many sequences per weight pass, an HTTP server takes
+parallel requests), so the generate stage hands them a list of requests and lets each backend
+decide; :meth:`Teacher.stream` hands answers back as they finish, so the stage can save each one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from edge_kto_runtime.defaults import MAX_NEW_TOKENS
@@ -44,11 +46,14 @@ class TeacherConfig:
     batch_size: int = 8  # hf: prompts per padded batch
     n_ctx: int = 4096  # gguf
     n_threads: int | None = None  # gguf: default = all cores
+    parallel: int = 8  # gguf: sequences decoded together (continuous batching); 1 = one at a time
     name: str | None = None  # provenance label; default derived from model
 
     def validate(self) -> None:
         if self.kind not in TEACHERS:
             raise InvalidInput(f"kind: one of {', '.join(TEACHERS)}, got {self.kind!r}")
+        if not 1 <= self.parallel <= 256:
+            raise InvalidInput(f"parallel: 1..256, got {self.parallel}")
 
     def display_name(self) -> str:
         return self.name or f"{self.kind}:{self.model}"
@@ -78,6 +83,18 @@ class Teacher(ABC):
     @abstractmethod
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[list[str]]:
         """Return, for each request, one completion per entry of ``sample_indices``, in order."""
+
+    def stream(self, requests: list[GenRequest], params: SamplingParams) -> Iterator[tuple[int, int, str]]:
+        """Yield ``(request index, sample index, completion)`` as answers finish, in any order.
+
+        The default calls :meth:`generate` ``batch_size`` requests at a time; a backend that
+        schedules many sequences itself (llama.cpp's continuous batching) overrides it.
+        """
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            for i, (req, texts) in enumerate(zip(chunk, self.generate(chunk, params))):
+                for k, text in zip(req.sample_indices, texts):
+                    yield start + i, k, text
 
     def close(self) -> None:
         pass

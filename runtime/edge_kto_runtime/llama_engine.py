@@ -40,6 +40,7 @@ PRIVATE_API: dict[tuple[str, str], str] = {
     ("_batch", "batch"): "per-position logits flags",
     ("_model", "token_get_text"): "BOS/EOS token text for chat templates",
     ("_model", "add_bos_token"): "the BOS rule",
+    ("_model", "model"): "the llama_model pointer a BatchedDecoder builds its own context on",
 }
 
 
@@ -68,7 +69,7 @@ class LlamaEngine:
         self, path: str | Path, n_ctx: int, n_threads: int | None = None, use_mmap: bool = True, seed: int = 0
     ):
         n_threads = n_threads or default_n_threads()
-        self.path = Path(path)
+        self.path, self.n_threads = Path(path), n_threads
         self.llm = llama_cpp.Llama(
             str(path),
             n_ctx=n_ctx,
@@ -119,6 +120,15 @@ class LlamaEngine:
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.llm.detokenize(ids, special=False)
+
+    def text(self, ids: list[int], prompt: list[int]) -> str:
+        """An answer's text as ``create_completion`` returns it (detokenized after its prompt)."""
+        return self.llm.detokenize(ids, prev_tokens=prompt).decode("utf-8", errors="ignore")
+
+    @property
+    def model_ptr(self) -> object:
+        """The loaded ``llama_model`` (owned here: free it only through :meth:`close`)."""
+        return self.llm._model.model
 
     # ------------------------------------------------------------ decoding
 

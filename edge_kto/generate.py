@@ -104,6 +104,7 @@ def run_generate(cfg: GenerateConfig, teacher: Teacher | None = None) -> Generat
             log.close()
             if own_teacher:
                 teacher.close()
+    if log.path.exists():  # also when nothing was pending: a run killed after its last row, before sorting
         _sort_rows(log.path, {it.id: n for n, it in enumerate(items)})
     return GenerateResult(Path(cfg.out), len(items), written, skipped, time.perf_counter() - t0, name)
 

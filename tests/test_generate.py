@@ -55,6 +55,11 @@ def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, 
     assert "SECRET" not in json.dumps(r["prompt"]), "teacher_context must never reach the student's prompt"
     again = run_generate(cfg)
     assert (again.written, again.skipped) == (0, 6)
+    # A run killed after its last answer but before putting the file in prompt order: the rerun
+    # has nothing to generate and still leaves the file in order.
+    in_order = out.read_text()
+    out.write_text("".join(reversed(in_order.splitlines(keepends=True))))
+    assert (run_generate(cfg).written, out.read_text()) == (0, in_order)
 
 
 def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smol):

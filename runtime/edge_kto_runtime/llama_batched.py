@@ -22,9 +22,10 @@ depending on how its batch is split, so:
 
 With these, answers on SmolLM2 Q4_1 do not depend on the batch (``tests/test_llama_batched.py``,
 ``tests/test_generate.py``: a resumed file equals an uninterrupted one). On the demo's Qwen2.5
-Q4_K_M teacher, 1 of 16 greedy answers still changed with the number of slots: its repacked Q4_K
-kernels round a row differently by how many rows share the matmul, which no batching can avoid
-(padding steps to whole 4-row tiles was tried and did not remove it). ``parallel: 1`` is the
+Q4_K_M teacher, 1 of 16 greedy answers still changed with the number of slots: on that model
+llama.cpp's CPU path rounds a token differently depending on how many rows its evaluation call
+holds (seen one sequence at a time too, with and without weight repacking; which kernel does it was
+not found), and padding steps to whole 4-row tiles did not remove it. ``parallel: 1`` is the
 one-at-a-time path for a user who needs bit-identical answers to it.
 """
 

@@ -101,7 +101,7 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     ]
     for art in tqdm(arts, desc="alignment check", unit="artifact", disable=not progress):
         with load(b.root, artifact=art.path, n_threads=cfg.threads, verify=False) as model:
-            results.append(check_artifact(model, golden, verifier, fp, th))
+            results.append(check_artifact(model, golden, verifier, fp, th, m["golden"].get("max_new_tokens")))
     passed = all(r["passed"] for r in results)
     report = None
     if cfg.write:

@@ -7,8 +7,10 @@ report can show what went right and wrong.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edge_kto_runtime.defaults import MAX_NEW_TOKENS
@@ -81,3 +83,31 @@ def eval_artifact(
             for it in task.eval
         ]
     return score_answers(name, task, answers, time.perf_counter() - t0)
+
+
+def gate_answers(path: Path, bundle: Path, task: Task, max_new_tokens: int) -> dict[str, list[str]]:
+    """Per artifact, its greedy answers to the eval split as the export gate decoded them, in task order.
+
+    The gate answers every golden prompt greedily with the golden set's budget (``check_artifact``);
+    when that budget is ``max_new_tokens`` and the golden prompts cover the eval split, those answers
+    are exactly what :func:`eval_artifact` would decode, so they are scored instead. Returns {} (decode
+    again) when the file is missing or anything differs.
+    """
+    from edge_kto_runtime import open_bundle
+    from edge_kto_runtime.check import read_golden
+
+    if not path.is_file():
+        return {}
+    golden = open_bundle(bundle, verify=False).manifest.get("golden") or {}
+    if golden.get("max_new_tokens") != max_new_tokens:
+        return {}
+    rows = read_golden(Path(bundle) / golden["path"])
+    keys = [json.dumps(to_messages(it.prompt, task.system)) for it in task.eval]
+    out = {}
+    for art, answers in json.loads(path.read_text()).items():
+        if len(answers) != len(rows):
+            continue
+        by_prompt = {json.dumps(r["messages"]): a for r, a in zip(rows, answers)}
+        if all(k in by_prompt for k in keys):
+            out[art] = [by_prompt[k] for k in keys]
+    return out

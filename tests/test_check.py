@@ -13,6 +13,7 @@ from conftest import write_jsonl
 from edge_kto.check import CheckConfig, run_check
 from edge_kto.export import ExportConfig, run_export
 from edge_kto_runtime.check import kl_full, kl_topk, run_device_check
+from edge_kto_runtime.model import load
 
 
 def _log_softmax(x):
@@ -97,6 +98,13 @@ def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_
     assert not per["model-q2_k.gguf"]["passed"] and not align["passed"]
     assert per["model-q8_0.gguf"]["prompt_ids_match"] == 1.0 and per["model-q8_0.gguf"]["pairs"] == 4
     assert (tmp_path / "b" / "alignment.md").read_text().count("| model-") == 2
+    # The gate's greedy answers are what the artifact answers through the runtime's chat(): the
+    # pipeline's evaluate stage scores them instead of decoding the eval split again.
+    golden = [json.loads(x) for x in (tmp_path / "b" / "golden.jsonl").read_text().splitlines()]
+    gate = next(r for r in res.alignment.results if r["artifact"] == "model-q8_0.gguf")
+    with load(tmp_path / "b", artifact="model-q8_0.gguf", verify=False) as m:
+        chat = [m.chat(g["messages"], max_new_tokens=32, temperature=0.0) for g in golden]
+    assert [r["answer"] for r in gate["rows"]] == chat and any(chat)
 
     # The device re-check (no fp model: top-k KL from golden.jsonl) agrees with the server's.
     dev = {r["artifact"]: r for r in run_device_check(tmp_path / "b")}

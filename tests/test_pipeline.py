@@ -29,7 +29,7 @@ generate: {{n: 2, temperature: 0.5, max_new_tokens: 12}}
 generate_eval: {{n: 2, temperature: 0.5, max_new_tokens: 12}}
 label: {{student_samples: 1}}
 train: {json.dumps(t)}
-export: {{gguf: [Q8_0], onnx: false, golden_max_new_tokens: 8}}
+export: {{gguf: [Q8_0], onnx: false, golden_max_new_tokens: 12}}
 evaluate: {{teacher: true, student_before: true, max_new_tokens: 12}}
 bench: {{runs: 5, warmup: 1, n_prompt: 32, n_gen: 8}}
 """)
@@ -83,6 +83,9 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
     assert teacher["accuracy"] >= 0.5, teacher  # SmolLM2 with the capitals list answers most of them
     assert teacher["ttft"] != "-" and rep["rows"][3]["ttft"] != "-"
     assert "alignment gate" in (out / "report.md").read_text() and (out / "curves.png").is_file()
+    # The artifact's accuracy is scored on the gate's answers (same budget), not decoded twice.
+    ev = json.loads(next((out / "stages").glob("evaluate-*/done.json")).read_text())["result"]["results"]
+    assert [r.get("answers") for r in ev if r["kind"] == "artifact"] == ["export gate"]
 
     # 3. A third run changes nothing: every stage cached.
     p = _run([str(cfg), "--quiet"])

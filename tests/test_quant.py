@@ -65,7 +65,7 @@ def finished_bundle(tmp_path_factory, finished, kto_rows) -> Path:
             source=str(finished),
             out=str(out),
             gguf=["Q4_0"],
-            onnx=[{"accuracy_level": 1}],
+            onnx=[{"accuracy_level": 1, "head_accuracy_level": 1}],  # fp32 activations everywhere: exact
             golden_data=str(kto_rows),
             golden_max_new_tokens=8,
             check=False,
@@ -165,7 +165,7 @@ def _unpack_int4(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle):
     hf = _finished_weights(finished)
-    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1")
+    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1-headacc1")
     for layer in range(2):
         pre = f"model.layers.{layer}"
         qkv = _unpack_int4(
@@ -192,7 +192,7 @@ def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_b
 
     from edge_kto_runtime import load
 
-    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1")
+    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1-headacc1")
     q4, s4 = inits["model.embed_tokens.weight_Q4"].astype(np.float32), inits["model.embed_tokens.weight_scales"]
     emb = (q4.reshape(q4.shape[0], -1, 32) * s4[..., None]).reshape(q4.shape[0], -1)
     q8, s8 = inits["lm_head.MatMul.weight_Q8"], inits["lm_head.MatMul.weight_scales"]
@@ -202,7 +202,7 @@ def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_b
     model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(head))
     model.model.embed_tokens.weight = torch.nn.Parameter(torch.from_numpy(emb))
     golden = [json.loads(x) for x in (finished_bundle / "golden.jsonl").read_text().splitlines()]
-    with load(finished_bundle, artifact="onnx-int4-acc1/", verify=False) as m:
+    with load(finished_bundle, artifact="onnx-int4-acc1-headacc1/", verify=False) as m:
         for row in golden[:4]:
             ids = row["prompt_ids"] + row["greedy_ids"]
             pos = list(range(len(row["prompt_ids"]) - 1, len(ids) - 1))
@@ -278,6 +278,10 @@ def test_candidate_specs_refused_with_names():
     with pytest.raises(CandidateError, match=r"unknown option\(s\) \['imatrx'\]"):
         parse_gguf({"type": "Q4_0", "imatrx": True})
     assert [o.path for o in parse_onnx([{}, {"accuracy_level": 1}])] == ["onnx-int4/", "onnx-int4-acc1/"]
+    exact = parse_onnx({"accuracy_level": 1, "head_accuracy_level": 1})[0]
+    assert exact.path == "onnx-int4-acc1-headacc1/" and exact.quant == "int4-b32-int8head-acc1-headacc1"
+    with pytest.raises(CandidateError, match="head_accuracy_level must be 0-4"):
+        parse_onnx({"head_accuracy_level": 5})
     with pytest.raises(CandidateError, match="accuracy_level must be 0-4"):
         parse_onnx({"accuracy_level": 7})
     with pytest.raises(CandidateError, match="same artifact"):
@@ -479,6 +483,23 @@ def test_mixed_finishing_keeps_sensitive_projections_8bit_and_the_rest_exact(tmp
     )
     assert np.abs(got - hf["model.layers.0.mlp.up_proj.weight"].numpy()).max() == 0.0
     assert "model.layers.0.mlp.down_proj.MatMul.weight_Q4" not in inits  # int8, not int4
+    # The default head level: the int8 LM head at accuracy_level 4 (onnxruntime has no fast fp32-compute
+    # kernel for 8-bit weights), every other MatMulNBits at the candidate's level 1.
+    levels = _matmulnbits_levels(b / "onnx-int4-acc1-int8layers")
+    assert levels.pop("/lm_head/MatMul_Q8") == 4 and set(levels.values()) == {1}
+    recipe = {a["path"]: a["recipe"] for a in json.loads((b / "manifest.json").read_text())["artifacts"]}
+    assert recipe["onnx-int4-acc1-int8layers/"]["head_accuracy_level"] == 4
+
+
+def _matmulnbits_levels(model_dir: Path) -> dict[str, int]:
+    import onnx
+
+    m = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    return {
+        n.name: next(a.i for a in n.attribute if a.name == "accuracy_level")
+        for n in m.graph.node
+        if n.op_type == "MatMulNBits"
+    }
 
 
 def test_export_config_yaml_maps_onto_export_config(tmp_path):

@@ -99,7 +99,19 @@ class OnnxCandidate:
     algo_config: str = "default"  # default (symmetric RTN == GGUF Q4_0 grid), rtn, k_quant
     block_size: int = 32
     int8_layers: bool = False  # mixed_layers:int8 (llama.cpp-style sensitive layers at int8)
+    # The int8 LM head's accuracy_level. None: 4 (int8 activations) whatever the body's level, since
+    # onnxruntime 1.32's CPU MatMulNBits has no fp32-compute kernel for 8-bit weights: at level 1 the
+    # demo's 576x49152 head took 130 ms of a 140 ms decode step, at level 4 the step takes 17 ms, with
+    # the same gate numbers (benchmarks/RESULTS.md). Set it to the body's level for an exact fp32 graph.
+    head_accuracy_level: int | None = None
     name: str | None = None
+
+    @property
+    def head_level(self) -> int | None:
+        """The LM head node's accuracy_level after the build (None: the head is not int8 MatMulNBits)."""
+        if self.precision != "int4" or not self.int8_head:
+            return None
+        return 4 if self.head_accuracy_level is None else self.head_accuracy_level
 
     @property
     def path(self) -> str:
@@ -118,6 +130,8 @@ class OnnxCandidate:
             tag += "-int8layers"
         if not self.int8_head:
             tag += "-int4head"
+        if self.head_accuracy_level is not None and self.head_level != 4:
+            tag += f"-headacc{self.head_level}"
         return f"{tag}/"
 
     @property
@@ -129,13 +143,16 @@ class OnnxCandidate:
             q += f"-{self.algo_config}"
         if self.int8_layers:
             q += "-int8layers"
-        return q + (f"-acc{self.accuracy_level}" if self.accuracy_level != 4 else "")
+        q += f"-acc{self.accuracy_level}" if self.accuracy_level != 4 else ""
+        return q + (f"-headacc{self.head_level}" if self.head_level not in (None, 4) else "")
 
     def validate(self) -> None:
         if self.precision not in ONNX_PRECISIONS:
             raise CandidateError(f"onnx candidate: precision must be one of {ONNX_PRECISIONS}, got {self.precision!r}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise CandidateError(f"onnx candidate: accuracy_level must be 0-4, got {self.accuracy_level!r}")
+        if self.head_accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise CandidateError(f"onnx candidate: head_accuracy_level must be 0-4, got {self.head_accuracy_level!r}")
         if self.algo_config not in ONNX_ALGOS:
             raise CandidateError(f"onnx candidate: algo_config must be one of {ONNX_ALGOS}, got {self.algo_config!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
@@ -187,4 +204,7 @@ def parse_onnx(spec: bool | list | dict[str, Any] | None, int8_head: bool = True
 
 def describe(c: GgufCandidate | OnnxCandidate) -> dict[str, Any]:
     """The recipe as recorded in the manifest."""
-    return {k: v for k, v in asdict(c).items() if v not in (None, {}, False) or k in ("imatrix", "int8_head")}
+    d = asdict(c)
+    if isinstance(c, OnnxCandidate):
+        d["head_accuracy_level"] = c.head_level  # the level the head was built at, default resolved
+    return {k: v for k, v in d.items() if v not in (None, {}, False) or k in ("imatrix", "int8_head")}

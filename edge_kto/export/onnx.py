@@ -34,6 +34,7 @@ class OnnxBuild:
         accuracy_level: int | None = None,
         algo_config: str = "default",
         int8_layers: bool = False,
+        head_accuracy_level: int | None = None,
     ):
         extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
         if precision == "int4" and accuracy_level is not None:
@@ -45,7 +46,7 @@ class OnnxBuild:
             extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather"]
         if precision == "int4" and mixed:
             extra.append("matmul_mixed_precision=" + ",".join(mixed))
-        self.hf_dir, self.out_dir = hf_dir, out_dir
+        self.hf_dir, self.out_dir, self.head_accuracy_level = hf_dir, out_dir, head_accuracy_level
         self._tmp = tempfile.TemporaryDirectory(prefix="ortgenai-")
         cmd = [
             sys.executable,
@@ -75,6 +76,8 @@ class OnnxBuild:
             if rc or not (self.out_dir / "genai_config.json").is_file():
                 self._log.seek(0)
                 raise ToolError(f"onnxruntime-genai builder failed on {self.hf_dir}:\n{self._log.read()[-3000:]}")
+            if self.head_accuracy_level is not None:
+                set_head_accuracy_level(self.out_dir / "model.onnx", self.head_accuracy_level)
             return dt
         finally:
             self.close()
@@ -85,6 +88,28 @@ class OnnxBuild:
             self.proc.wait()
         self._log.close()
         self._tmp.cleanup()
+
+
+def set_head_accuracy_level(model: Path, level: int) -> None:
+    """Set the LM head MatMulNBits node's ``accuracy_level`` (the builder has one level for all nodes).
+
+    Only the graph file is rewritten; the weights stay in the external data file untouched.
+    """
+    import onnx
+
+    from edge_kto_runtime.atomic import write_atomic
+
+    m = onnx.load(str(model), load_external_data=False)
+    heads = [n for n in m.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+    if len(heads) != 1:
+        raise ToolError(f"{model}: expected one LM head MatMulNBits node, found {[n.name for n in heads]}")
+    for a in heads[0].attribute:
+        if a.name == "accuracy_level":
+            a.i = level
+            break
+    else:
+        heads[0].attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+    write_atomic(model, m.SerializeToString())
 
 
 def build_onnx(

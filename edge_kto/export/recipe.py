@@ -497,4 +497,5 @@ def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:
         "accuracy_level": c.accuracy_level,
         "algo_config": c.algo_config,
         "int8_layers": c.int8_layers,
+        "head_accuracy_level": c.head_level,
     }

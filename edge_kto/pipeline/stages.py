@@ -138,6 +138,9 @@ def finish(inp: FinishInputs, d: Path, deps: dict[str, Any], progress: bool) -> 
     }
 
 
+GATE_ANSWERS = "gate_answers.json"  # the export stage's record of what the gate's artifacts answered
+
+
 @dataclass(frozen=True)
 class ExportInputs:
     export: ExportConfig  # source / out / golden_data are set here
@@ -162,6 +165,11 @@ def export(inp: ExportInputs, d: Path, deps: dict[str, Any], progress: bool) -> 
         force=True,
     )
     res = run_export(ec, progress=progress)
+    if res.alignment is not None:  # each candidate's greedy answers: evaluate scores them instead of decoding again
+        write_atomic(
+            d / GATE_ANSWERS,
+            json.dumps({r["artifact"]: [row["answer"] for row in r["rows"]] for r in res.alignment.results}),
+        )
     return {
         "bundle": str(res.bundle),
         "timings": res.timings,
@@ -205,7 +213,7 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
     """Task accuracy of every model on the eval split; each row says what it scored (``kind``, ``artifact``)."""
     from edge_kto_runtime import open_bundle
 
-    from ..evaluate import eval_artifact, eval_teacher
+    from ..evaluate import eval_artifact, eval_teacher, gate_answers, score_answers
 
     task, e = inp.task.load(), inp.evaluate
     mx = e.max_new_tokens
@@ -238,9 +246,15 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
             )
         )
     bundle = deps["export"].dir / "bundle"
+    gate = gate_answers(deps["export"].dir / GATE_ANSWERS, bundle, task, mx)
     for art in open_bundle(bundle, verify=False).artifacts:
-        r = eval_artifact(f"student after, {art.quant}", str(bundle), art.path, task, mx)
-        results.append((r, {"kind": "artifact", "artifact": art.path, "quant": art.quant, "backend": art.backend}))
+        name, what = f"student after, {art.quant}", {"kind": "artifact", "artifact": art.path, "quant": art.quant}
+        if art.path in gate:
+            r = score_answers(name, task, gate[art.path], 0.0)
+            what["answers"] = "export gate"
+        else:
+            r = eval_artifact(name, str(bundle), art.path, task, mx)
+        results.append((r, {**what, "backend": art.backend}))
     write_jsonl_atomic(d / "outputs.jsonl", [{"model": r.name, **o} for r, _ in results for o in r.outputs])
     return {"results": [{**r.row(), **what} for r, what in results]}
 

@@ -95,8 +95,14 @@ def check_artifact(
     verifier: Callable[[str, Any], bool] | None = None,
     fp_logprobs: FpLogprobs | None = None,
     thresholds: Thresholds | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics for one loaded artifact against the golden rows (and the full fp model when given)."""
+    """Metrics for one loaded artifact against the golden rows (and the full fp model when given).
+
+    The artifact answers each prompt greedily with ``max_new_tokens`` (the golden set's budget, as the
+    fp answers had) or, when not given, as many tokens as the fp answer; the answers are kept per row
+    (``rows``), so the same decode also serves as the artifact's task evaluation.
+    """
     th = thresholds or Thresholds()
     kl_k, kl_f, top1 = [], [], []
     pref, margins_fp, margins_art, greedy_eq, hard, hard_fp = [], [], [], [], [], []
@@ -134,11 +140,11 @@ def check_artifact(
             row_hard = (m_fp, art_logp(gi) - art_logp(bi))
             hard.append((m_fp > 0) == (row_hard[1] > 0))
             hard_fp.append(abs(m_fp))
-        art_ids = _greedy_ids(m, p, max(len(g), 1))
+        art_ids = _greedy_ids(m, p, max_new_tokens or max(len(g), 1))
         greedy_eq.append(art_ids == g)
+        art_text = m.cut_at_stop(m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace"))
         ok_fp = ok_art = None
         if verifier is not None and row.get("reference") is not None:
-            art_text = m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace")
             ok_fp, ok_art = (
                 bool(verifier(row["greedy_text"], row["reference"])),
                 bool(verifier(art_text, row["reference"])),
@@ -152,6 +158,7 @@ def check_artifact(
                 "task_ok": ok_art,
                 "greedy_match": greedy_eq[-1],
                 "greedy_ids": art_ids,
+                "answer": art_text,
                 "hard_margin_fp": row_hard[0] if row_hard else None,
                 "hard_margin": row_hard[1] if row_hard else None,
             }
@@ -276,5 +283,5 @@ def run_device_check(
         if artifacts and art.path not in artifacts and art.path.rstrip("/") not in artifacts:
             continue
         with load(b.root, artifact=art.path, n_threads=n_threads, verify=False) as m:
-            out.append(check_artifact(m, golden, verifier, None, th))
+            out.append(check_artifact(m, golden, verifier, None, th, g.get("max_new_tokens")))
     return out

@@ -252,6 +252,11 @@ class EdgeModel:
             text[len(emitted) :] if len(text) > len(emitted) else "", None, time.perf_counter() - t0, reason
         )
 
+    def cut_at_stop(self, text: str) -> str:
+        """``text`` up to its first stop string, as generation returns an answer."""
+        cut = min((text.find(s) for s in self.stop_strings if s and s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
+
     def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:
         rid = kw.pop("request_id", None) or uuid.uuid4().hex
         ids = self.ids(prompt)

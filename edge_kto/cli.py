@@ -38,7 +38,7 @@ def _teacher_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"{dash}base-url", dest=f"{prefix}base_url", help="openai: e.g. http://127.0.0.1:8000/v1")
     p.add_argument(f"{dash}concurrency", dest=f"{prefix}concurrency", type=int, default=4)
     p.add_argument(f"{dash}timeout", dest=f"{prefix}timeout", type=float, default=120.0)
-    p.add_argument(f"{dash}batch-size", dest=f"{prefix}batch_size", type=int, default=8)
+    p.add_argument(f"{dash}batch-size", dest=f"{prefix}batch_size", type=int, default=TeacherConfig.batch_size)
     p.add_argument(f"{dash}threads", dest=f"{prefix}threads", type=int)
     p.add_argument(
         f"{dash}parallel",

@@ -42,7 +42,7 @@ class OnPolicyConfig:
 
     student: str  # model spec (HF folder, .gguf, known name)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=2, temperature=0.8))
-    batch_size: int = 8
+    batch_size: int = TeacherConfig.batch_size
 
 
 @dataclass

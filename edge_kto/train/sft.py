@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..jsonl import AppendLog
-from .batches import pad_pairs
+from .batches import pad_pairs, plan_batches
 from .config import TrainConfig
 from .logps import CompletionLogps
 from .tokenize import Tokenized
@@ -34,8 +34,14 @@ def attach_lora(model: Any, cfg: TrainConfig, name: str = "default") -> Any:
     return get_peft_model(model, lc, adapter_name=name)
 
 
-def _sft_batches(examples: list[Tokenized], batch: int, steps: int, seed: int) -> list[list[int]]:
+def _sft_batches(
+    examples: list[Tokenized], batch: int, steps: int, seed: int, group_by_length: bool = False
+) -> list[list[int]]:
+    """``steps`` batches of desirable rows. With ``group_by_length``, KTO's plan (:func:`plan_batches`)
+    over the desirable rows: on the demo's rows random batches were 27% padding."""
     good = [i for i, e in enumerate(examples) if e.label]
+    if group_by_length and len(good) >= batch:
+        return [[good[j] for j in b] for b in plan_batches([examples[i] for i in good], batch, steps, seed, True)]
     rng = random.Random(seed)
     plan: list[list[int]] = []
     while len(plan) < steps:
@@ -74,7 +80,7 @@ def sft_warm_start(
     module.train()
     log = AppendLog(run_dir / "sft_metrics.jsonl") if accelerator.is_main_process else None
     bar = tqdm(
-        _sft_batches(examples, cfg.batch_size, cfg.sft_steps, cfg.seed),
+        _sft_batches(examples, cfg.batch_size, cfg.sft_steps, cfg.seed, cfg.group_by_length),
         desc="SFT warm start",
         unit="step",
         disable=not (progress and accelerator.is_main_process),

@@ -63,6 +63,7 @@ def main() -> None:
     if a.quick:
         a.model, a.task, a.parallel, a.repeats = "smollm2-135m-instruct", "capitals", "4", 1
         a.limit, a.greedy_limit, a.max_new_tokens = 8, 6, 24
+        a.out = a.out.replace(".json", "_quick.json")  # never over the full run's numbers
     fetch_model(a.model, progress=False)
     Path(gguf_path(a.model)).read_bytes()  # warm the page cache for both sides
     task = read_task(TASKS / a.task)

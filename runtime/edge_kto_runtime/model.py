@@ -125,6 +125,11 @@ def load(
     return m
 
 
+def first_stop(text: str, stops: list[str]) -> int:
+    """Where the first of ``stops`` begins in ``text`` (-1: none): the one rule for cutting an answer."""
+    return min((text.find(s) for s in stops if s and s in text), default=-1)
+
+
 class EdgeModel:
     def __init__(
         self, bundle: Bundle, artifact: Artifact, backend: Backend, verify_s: float, load_s: float, n_threads: int
@@ -231,7 +236,7 @@ class EdgeModel:
                 break
             out.append(tok)
             text = self.backend.detokenize(out).decode("utf-8", errors="replace")
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            cut = first_stop(text, stops)
             if cut >= 0:
                 yield StreamEvent(
                     text[len(emitted) : cut] if cut > len(emitted) else "", tok, time.perf_counter() - t0, "stop"
@@ -254,7 +259,7 @@ class EdgeModel:
 
     def cut_at_stop(self, text: str) -> str:
         """``text`` up to its first stop string, as generation returns an answer."""
-        cut = min((text.find(s) for s in self.stop_strings if s and s in text), default=-1)
+        cut = first_stop(text, self.stop_strings)
         return text[:cut] if cut >= 0 else text
 
     def complete(self, prompt: Prompt | list[int], **kw: Any) -> Completion:

@@ -28,6 +28,9 @@ from .run_folder import fp_model_dir
 class CheckConfig:
     bundle: str
     reference: str | None = None  # run folder or HF model folder; default: the run recorded in the manifest
+    # the fp folder the artifacts were made from when it is not the reference (a finished student);
+    # default: the finish folder recorded in the manifest. Only used when the golden set says so.
+    exported: str | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     artifacts: list[str] | None = None  # default: all
     verifier: str | None = None  # default: the golden set's task verifier
@@ -57,6 +60,15 @@ def _reference_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path:
     if kind != "hf_dir":
         raise InvalidInput(f"{ref}: the reference must be a run folder or a transformers model folder")
     return Path(loc)
+
+
+def _exported_dir(cfg: CheckConfig, manifest: dict[str, Any]) -> Path | None:
+    """The finished model's fp folder when the golden set takes it as the KL reference; None when the
+    golden set does not, or the folder is not on this machine (then its stored top-k is used)."""
+    if manifest["golden"].get("kl_reference") != "finished":
+        return None
+    src = cfg.exported or ((manifest.get("training") or {}).get("finish") or {}).get("dir")
+    return fp_model_dir(src, need_weights=True) if src else None
 
 
 def fp_logprobs_fn(model_dir: Path):
@@ -94,6 +106,8 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     spec = cfg.verifier or m["golden"].get("verifier")
     verifier = get_verifier(spec) if spec else None
     fp = fp_logprobs_fn(_reference_dir(cfg, m))
+    exported_dir = _exported_dir(cfg, m)
+    exported = fp_logprobs_fn(exported_dir) if exported_dir is not None else None
     th = Thresholds.from_dict(cfg.thresholds)
     results = []
     arts = [
@@ -101,7 +115,7 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
     ]
     for art in tqdm(arts, desc="alignment check", unit="artifact", disable=not progress):
         with load(b.root, artifact=art.path, n_threads=cfg.threads, verify=False) as model:
-            results.append(check_artifact(model, golden, verifier, fp, th, m["golden"].get("max_new_tokens")))
+            results.append(check_artifact(model, golden, verifier, fp, th, m["golden"].get("max_new_tokens"), exported))
     passed = all(r["passed"] for r in results)
     report = None
     if cfg.write:
@@ -109,10 +123,12 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
         write_atomic(
             report,
             f"# Alignment check: {m.get('name')}\n\nfp reference vs each artifact on {len(golden)} "
-            f"golden prompts (KL exact, from the full fp distribution).\n\n" + markdown_table(results),
+            f"golden prompts (KL exact, from the full fp distribution).{_finished_note(m)}\n\n"
+            + markdown_table(results),
         )
         m["alignment"] = {
             "reference": "fp32 (transformers)",
+            "kl_reference": m["golden"].get("kl_reference", "student"),
             "golden_rows": len(golden),
             "verifier": spec,
             "thresholds": th.__dict__,
@@ -123,6 +139,16 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
         }
         write_json_atomic(b.root / "manifest.json", m)
     return CheckResult(results, passed, report, time.perf_counter() - t0)
+
+
+def _finished_note(manifest: dict[str, Any]) -> str:
+    if manifest["golden"].get("kl_reference") != "finished":
+        return ""
+    return (
+        " The artifacts store a *finished* student (trained through the 4-bit grid): KLD and top-1 compare "
+        "each artifact with those finished fp weights (what export and runtime change); KLD vs fp student "
+        "is how far finishing moved the model; task accuracy and preference order are against the fp student."
+    )
 
 
 def load_thresholds(path: str | None) -> dict[str, float]:

@@ -377,6 +377,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         cfg.out = a.out
     if a.student:
         cfg.student = a.student
+    if a.task:
+        from .data import read_task
+
+        read_task(a.task)  # a missing file or bad row stops here, named, as for the YAML's own task
+        cfg.task = a.task
+        cfg.name = Path(a.task).name
     if a.plan:
         for name, key in plan_keys(cfg).items():
             done = (Path(cfg.out) / "stages" / f"{name}-{key}" / "done.json").is_file()
@@ -553,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline")
     r.add_argument("--out", help="override the pipeline's out folder")
     r.add_argument("--student", help="override the pipeline's student model")
+    r.add_argument(
+        "--task", help="run the same pipeline on another task folder (give --out too, or its run shares the folder)"
+    )
     r.add_argument(
         "--plan", action="store_true", help="check the file and list each stage: cached, or runs (nothing is run)"
     )

@@ -121,3 +121,43 @@ def smol_bundle(request, tmp_path_factory) -> Path:
         return Path(os.environ["EDGE_KTO_TEST_SMOL_BUNDLE"])
     smol = request.getfixturevalue("smol")
     return build_smol_bundle(tmp_path_factory.mktemp("smolbundle") / "bundle", smol.hf_dir)
+
+
+@pytest.fixture(scope="session")
+def kto_rows(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("qdata") / "kto.jsonl", heldout_rows())
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, tiny_model_dir, kto_rows) -> Path:
+    """The tiny model after 4 steps of quantization-aware finishing (weights on the Q4_0 grid)."""
+    from edge_kto.finish import FinishConfig, run_finish
+
+    out = tmp_path_factory.mktemp("finish") / "fin"
+    run_finish(
+        FinishConfig(
+            source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=4, batch_size=4, save_steps=2, lr=1e-3
+        ),
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def finished_bundle(tmp_path_factory, finished, kto_rows) -> Path:
+    """The finished tiny model exported exactly: GGUF Q4_0 and ONNX int4 with fp32 activations everywhere."""
+    from edge_kto.export import ExportConfig, run_export
+
+    out = tmp_path_factory.mktemp("finbundle") / "b"
+    return run_export(
+        ExportConfig(
+            source=str(finished),
+            out=str(out),
+            gguf=["Q4_0"],
+            onnx=[{"accuracy_level": 1, "head_accuracy_level": 1}],  # fp32 activations everywhere: exact
+            golden_data=str(kto_rows),
+            golden_max_new_tokens=8,
+            check=False,
+        ),
+        progress=False,
+    ).bundle

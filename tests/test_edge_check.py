@@ -25,13 +25,21 @@ def edge_check(tmp_path_factory) -> Path:
     return aarch64_check.native_edge_check(aarch64_check.llama_src(), tmp_path_factory.mktemp("ec") / "edge_check")
 
 
-@pytest.mark.parametrize("art", ["model-q8_0.gguf", "model-q4_k_m.gguf"])
-def test_the_cpp_check_gives_the_python_checks_numbers(edge_check, tiny_bundle, tmp_path, art):
+@pytest.mark.parametrize(
+    "bundle,art",
+    [
+        ("tiny_bundle", "model-q8_0.gguf"),
+        ("tiny_bundle", "model-q4_k_m.gguf"),
+        ("finished_bundle", "model-q4_0.gguf"),  # KL against the finished weights (exported_top_logprobs)
+    ],
+)
+def test_the_cpp_check_gives_the_python_checks_numbers(edge_check, request, tmp_path, bundle, art):
+    bundle = request.getfixturevalue(bundle)
     out = tmp_path / "r.json"
     p = subprocess.run(
-        [str(edge_check), str(tiny_bundle), "--artifact", art, "--out", str(out)], capture_output=True, text=True
+        [str(edge_check), str(bundle), "--artifact", art, "--out", str(out)], capture_output=True, text=True
     )
-    py = run_device_check(tiny_bundle, [art], n_threads=2)[0]
+    py = run_device_check(bundle, [art], n_threads=2)[0]
     cpp = json.loads(out.read_text())
     assert p.returncode == (0 if cpp["passed"] else 3), p.stderr
     assert cpp["positions"] == py["positions"] and cpp["pairs"] == py["pairs"]

@@ -146,3 +146,19 @@ def test_a_missing_task_folder_is_refused_at_load(tmp_path):
     p.write_text(f"task: {tmp_path / 'no-task'}\n")
     with pytest.raises(FileNotFoundError, match=r"no-task/task\.json: no such file"):
         PipelineConfig.from_yaml(p)
+
+
+def test_edge_kto_run_task_runs_the_same_file_on_another_task_folder(tmp_path, capsys):
+    """``--task`` swaps the task folder and nothing else: the task-reading stages get new keys, a
+    missing folder is refused with its file named before any work."""
+    from edge_kto.cli import main
+
+    demo = Path(__file__).resolve().parent.parent / "edge_kto" / "pipelines" / "demo.yaml"
+    assert main(["run", str(demo), "--out", str(tmp_path / "a"), "--plan"]) == 0
+    own = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines())
+    assert main(["run", str(demo), "--task", str(TASK), "--out", str(tmp_path / "b"), "--plan"]) == 0
+    other = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines())
+    assert own.keys() == other.keys() and all(own[k] != other[k] for k in ("generate", "label_eval", "export"))
+    assert main(["run", str(demo), "--task", str(tmp_path / "none"), "--plan"]) == 2
+    assert "none/task.json: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

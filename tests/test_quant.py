@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import heldout_rows, write_jsonl
+from conftest import heldout_rows
 
 from edge_kto.export import ExportConfig, run_export
 from edge_kto.export.candidates import CandidateError, parse_gguf, parse_onnx
@@ -38,40 +38,6 @@ LINEARS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-
-
-@pytest.fixture(scope="module")
-def kto_rows(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("qdata") / "kto.jsonl", heldout_rows())
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_model_dir, kto_rows) -> Path:
-    out = tmp_path_factory.mktemp("finish") / "fin"
-    run_finish(
-        FinishConfig(
-            source=str(tiny_model_dir), data=str(kto_rows), out=str(out), steps=4, batch_size=4, save_steps=2, lr=1e-3
-        ),
-        progress=False,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def finished_bundle(tmp_path_factory, finished, kto_rows) -> Path:
-    out = tmp_path_factory.mktemp("finbundle") / "b"
-    return run_export(
-        ExportConfig(
-            source=str(finished),
-            out=str(out),
-            gguf=["Q4_0"],
-            onnx=[{"accuracy_level": 1, "head_accuracy_level": 1}],  # fp32 activations everywhere: exact
-            golden_data=str(kto_rows),
-            golden_max_new_tokens=8,
-            check=False,
-        ),
-        progress=False,
-    ).bundle
 
 
 def _finished_weights(finished: Path) -> dict[str, torch.Tensor]:
@@ -519,3 +485,41 @@ def test_export_config_yaml_maps_onto_export_config(tmp_path):
     bad.write_text("export: {ggfu: [Q4_0]}\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown export option\(s\) \['ggfu'\]"):
         _export_yaml(str(bad))
+
+
+def test_gate_measures_a_finished_student_against_its_own_weights(finished, finished_bundle, tiny_model_dir):
+    """A finished student's artifacts store the finished weights: KL/top-1 compare with those (the
+    export and runtime's error), task and preferences with the fp student, and the distance that
+    finishing itself put between the two is reported (``kld_student_mean``), on the server and on a device."""
+    from transformers import AutoModelForCausalLM
+
+    from edge_kto.check import CheckConfig, run_check
+    from edge_kto_runtime.check import run_device_check
+
+    m = json.loads((finished_bundle / "manifest.json").read_text())
+    assert m["golden"]["kl_reference"] == "finished"
+    golden = [json.loads(x) for x in (finished_bundle / "golden.jsonl").read_text().splitlines()]
+    model = AutoModelForCausalLM.from_pretrained(str(finished / "model"), dtype=torch.float32).eval()
+    row = golden[0]
+    ids = row["prompt_ids"] + row["greedy_ids"]
+    pos = list(range(len(row["prompt_ids"]) - 1, len(ids) - 1))
+    with torch.no_grad():
+        top = torch.log_softmax(model(torch.tensor([ids])).logits[0, pos], -1).topk(16, -1)
+    assert [[t for t, _ in r] for r in row["exported_top_logprobs"]] == top.indices.tolist()
+    assert [[t for t, _ in r] for r in row["top_logprobs"]] != top.indices.tolist()  # finishing moved the model
+
+    art = "onnx-int4-acc1-headacc1/"  # computes like torch: only the embedding/head storage differs
+    server = run_check(
+        CheckConfig(bundle=str(finished_bundle), reference=str(tiny_model_dir), exported=str(finished), write=False),
+        progress=False,
+    ).results
+    device = run_device_check(finished_bundle, n_threads=2)
+    for r in server + device:
+        assert r["kl_reference"] == "finished"
+        print(r["artifact"], r["kl_source"], r["kld_mean"], r["kld_student_mean"], r["top1_agree"])
+    s_onnx = next(r for r in server if r["artifact"] == art)
+    assert s_onnx["kl_source"] == "full" and s_onnx["kld_mean"] < 1e-3 < s_onnx["kld_student_mean"]
+    for s, d in zip(server, device):  # the device's top-k KL is a lower bound of the server's full KL
+        assert d["kl_source"] == "top-k" and d["kld_mean"] <= s["kld_mean"] + 1e-9
+        assert d["kld_student_mean"] <= s["kld_student_mean"] + 1e-9
+        assert d["task_acc_fp"] == s["task_acc_fp"] and d["pref_agree"] == s["pref_agree"]

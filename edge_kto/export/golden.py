@@ -5,6 +5,10 @@ Per prompt (token ids from the HF tokenizer's chat template, the ids every backe
 - the fp greedy continuation (ids and text),
 - the fp top-k next-token log-probs at every position of that continuation (for KL on the
   device, where the full fp distribution is not available),
+- for a *finished* student (trained through the 4-bit grid, so its weights are no longer the fp
+  student's), the same top-k of the finished fp weights (``exported_top_logprobs``): the KL and top-1
+  of the gate measure what the runtime does to the weights it was given; behaviour (task accuracy,
+  preference order) is still measured against the fp student, so finishing cannot hide a loss,
 - labelled completions (desirable / undesirable) with their fp summed log-probs (for
   preference agreement), and the task reference (for task accuracy),
 - *hard* pairs: a desirable answer and its near miss (the same text with one fact broken: a
@@ -176,8 +180,12 @@ def build_golden(
     top_k: int = 16,
     progress: bool = True,
     batch_size: int = 16,
+    exported: Any = None,
 ) -> list[dict[str, Any]]:
-    """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch)."""
+    """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch).
+
+    ``exported``: the fp model the artifacts are made from, when it is not ``model`` (a finished
+    student); its top-k on the same positions goes into ``exported_top_logprobs``."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -191,13 +199,14 @@ def build_golden(
         pids = [chat_ids(tok, g.messages) for g in chunk]
         greedy = greedy_ids(model, pids, max_new_tokens, pad_id, eos_ids)
         tops = _top_logprobs(model, pids, greedy, top_k)
+        exp_tops = _top_logprobs(exported.eval(), pids, greedy, top_k) if exported is not None else None
         comps = [
             [(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
             + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]
             for g, p in zip(chunk, pids)
         ]
         logps = iter(_summed_logps(model, [(p, c[2]) for p, cs in zip(pids, comps) for c in cs], pad_id))
-        for g, p, gr, top, cs in zip(chunk, pids, greedy, tops, comps):
+        for j, (g, p, gr, top, cs) in enumerate(zip(chunk, pids, greedy, tops, comps)):
             row: dict[str, Any] = {
                 "id": g.id,
                 "messages": g.messages,
@@ -207,6 +216,8 @@ def build_golden(
                 "greedy_text": tok.decode(gr, skip_special_tokens=True),
                 "top_logprobs": top,
             }
+            if exp_tops is not None:
+                row["exported_top_logprobs"] = exp_tops[j]
             if cs:
                 row["completions"] = [
                     {

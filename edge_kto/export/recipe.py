@@ -262,6 +262,7 @@ def _gate(cfg: ExportConfig, tmp: Path, source: Source, timings: dict[str, Any],
         CheckConfig(
             bundle=str(tmp),
             reference=str(source.reference_dir),
+            exported=str(source.hf_dir),
             thresholds=cfg.thresholds,
             threads=cfg.threads,
             verify=False,
@@ -371,7 +372,8 @@ def _gguf_label(c: GgufCandidate) -> str:
 def _build_golden(
     cfg: ExportConfig, source: Source, tok: Any, tmp: Path, timings: dict[str, Any], progress: bool
 ) -> dict[str, Any] | None:
-    """The golden set always comes from the fp reference (for a finished model: the student before finishing)."""
+    """The golden set always comes from the fp reference (for a finished model: the student before finishing);
+    a finished model's own top-k is added as the gate's KL reference (see :mod:`.golden`)."""
     src = cfg.golden_data or source.default_data
     if not src:
         log.warning("no held-out data for the golden set (--golden-data); the alignment check will need one")
@@ -385,7 +387,10 @@ def _build_golden(
     if verifier:
         prompts = with_hard_pairs(prompts, get_verifier(verifier))
     model = AutoModelForCausalLM.from_pretrained(str(source.reference_dir), dtype=torch.float32)
-    rows = build_golden(model, tok, prompts, cfg.golden_max_new_tokens, cfg.golden_top_k, progress)
+    exported = None
+    if source.hf_dir.resolve() != source.reference_dir.resolve():
+        exported = AutoModelForCausalLM.from_pretrained(str(source.hf_dir), dtype=torch.float32)
+    rows = build_golden(model, tok, prompts, cfg.golden_max_new_tokens, cfg.golden_top_k, progress, exported=exported)
     write_jsonl_atomic(tmp / "golden.jsonl", rows)
     timings["golden_s"] = time.perf_counter() - t
     return {
@@ -396,6 +401,7 @@ def _build_golden(
         "top_k": cfg.golden_top_k,
         "max_new_tokens": cfg.golden_max_new_tokens,
         "verifier": verifier,
+        "kl_reference": "finished" if exported is not None else "student",
         "hard_pairs": sum(1 for r in rows for c in r.get("completions", []) if c.get("hard")),
     }
 

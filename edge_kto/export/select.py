@@ -17,6 +17,8 @@ from ..jsonl import write_atomic, write_json_atomic
 
 SUMMARY_KEYS = (
     "kld_mean",
+    "kl_reference",
+    "kld_student_mean",
     "top1_agree",
     "pref_agree",
     "hard_pref_agree",

@@ -23,9 +23,9 @@ def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -
     lines = [
         f"export candidates (select: {selection['mode']}; gate on the golden set):",
         "",
-        "| candidate | quant | MB | bits/w | KLD | top-1 | hard pairs | task acc (retention) | gate | E2E p99 | "
-        "shipped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | quant | MB | bits/w | KLD | KLD vs fp student | top-1 | hard pairs | task acc (retention) | "
+        "gate | E2E p99 | shipped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in selection["candidates"]:
         lat = (bench.get("artifacts") or {}).get(c["path"])
@@ -33,11 +33,31 @@ def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -
         hard = f"{f(c.get('hard_pref_agree'), '.0%')} of {c['hard_pairs']}" if c.get("hard_pairs") else "-"
         lines.append(
             f"| {c['path']} | {c['quant']} | {c['bytes'] / 1e6:.1f} | {f(c.get('bits_per_weight'), '.2f')} | "
-            f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('top1_agree'), '.1%')} | {hard} | "
+            f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('kld_student_mean'), '.4f')} | "
+            f"{f(c.get('top1_agree'), '.1%')} | {hard} | "
             f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
             f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |"
         )
     return "\n".join(lines) + "\n\n"
+
+
+def _rounds_line(runs: dict[str, Any]) -> str:
+    """What each on-policy round trained on: the student's own rows and the teacher's, by label."""
+    parts = []
+    for name, run in runs.items():
+        if not name.startswith("round"):
+            continue
+        src = (run.result.get("label") or {}).get("by_source", {})
+        mine = [v for k, v in src.items() if k in ("student", "device")]  # sampled in torch, or the device's thumbs
+        own = {c: sum(v[c] for v in mine) for c in ("desirable", "undesirable")}
+        teacher = [v for k, v in src.items() if k not in ("student", "device")]
+        t_d, t_u = sum(v["desirable"] for v in teacher), sum(v["undesirable"] for v in teacher)
+        fin = run.result.get("final", {})
+        parts.append(
+            f"{name}: student's own {own['desirable']} desirable / {own['undesirable']} undesirable + teacher "
+            f"{t_d} / {t_u}, {run.result.get('steps')} steps, final loss {fin.get('loss', float('nan')):.4f}"
+        )
+    return ("on-policy rounds (reference = the round before): " + "; ".join(parts) + "\n\n") if parts else ""
 
 
 def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +115,18 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
     def pref(v: dict[str, Any]) -> str:
         return f"{v['pref_agree']:.1%} of {v['pairs']} pairs" if v.get("pref_agree") is not None else "no pairs"
 
+    def drift(v: dict[str, Any]) -> str:  # a finished student: KL to its own weights, and to the fp student
+        if v.get("kl_reference") != "finished" or v.get("kld_student_mean") is None:
+            return ""
+        return f" vs the finished weights, {v['kld_student_mean']:.3f} vs the fp student"
+
     gate = ", ".join(
-        f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}, top-1 {v['top1_agree']:.1%}, "
-        f"pref {pref(v)})"
+        f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}{drift(v)}, "
+        f"top-1 {v['top1_agree']:.1%}, pref {pref(v)})"
         for k, v in (align.get("per_artifact") or {}).items()
     )
     cand = _candidates_table(exp.get("selection"), be)
+    rounds = _rounds_line(runs)
     tr = runs["train"].result.get("final", {})
     md = (
         f"# {cfg.name}: distillation report\n\nteacher `{cfg.teacher.model}` ({cfg.teacher.kind}), student "
@@ -112,7 +138,9 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         + f"alignment gate: {gate or 'not run'}\n\n"
         + cand
         + f"training: final loss {tr.get('loss', float('nan')):.4f}, "
-        f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\nstages: "
+        f"margin {tr.get('rewards/margins') or 0:.3f}, {runs['train'].result.get('steps')} steps\n\n"
+        + rounds
+        + "stages: "
         + ", ".join(f"{n} {s.seconds:.0f} s{' (cached)' if s.skipped else ''}" for n, s in runs.items())
         + "\n"
     )

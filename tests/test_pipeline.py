@@ -101,3 +101,103 @@ def test_pipeline_refuses_unknown_finish_and_export_keys_at_load(tmp_path, secti
     p.write_text(f"task: {TASK}\n{section}: {{{key}: 1}}\n")
     with pytest.raises(ValueError, match=rf"p\.yaml: {section}: unknown key\(s\) \['{key}'\]"):
         PipelineConfig.from_yaml(p)
+
+
+@pytest.mark.real_model
+def test_on_policy_rounds_train_on_the_students_own_answers_and_resume_after_kill(tmp_path, tiny_model_dir):
+    """``rounds: {count: 2}``: each round samples the previous round's model, labels its answers with
+    the task's verifier, trains KTO from (and against) that model; a kill -9 in round 2's training
+    resumes from its checkpoint with the same rows; evaluate reports accuracy round over round."""
+    cfg = _yaml(tmp_path, tiny_model_dir, max_steps=4)
+    cfg.write_text(cfg.read_text() + "rounds: {count: 2, samples: 2, max_steps: 8, teacher_fraction: 0.5}\n")
+    out = tmp_path / "run"
+    proc = _run([str(cfg), "--quiet"])
+    deadline = time.time() + 900
+    while not list((out / "stages").glob("round2-*/run/checkpoints/step-*")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (r2,) = (out / "stages").glob("round2-*")
+    rows_before = (r2 / "kto.jsonl").read_bytes()
+
+    p = _run([str(cfg), "--quiet"])
+    text, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, text[-4000:]
+    assert "[round1] cached" in text and "[round2] resuming" in text
+    assert (r2 / "kto.jsonl").read_bytes() == rows_before
+    (r1,) = (out / "stages").glob("round1-*")
+    (train,) = (out / "stages").glob("train-*")
+    (label,) = (out / "stages").glob("label-*/kto.jsonl")
+    n_teacher = sum(json.loads(x)["source"] != "student" for x in label.read_text().splitlines())
+    for rnd, previous in ((r1, train), (r2, r1)):
+        cfg_used = json.loads((rnd / "run" / "config.json").read_text())
+        assert cfg_used["model"] == str(previous / "run" / "model") and cfg_used["sft_steps"] == 0
+        rows = [json.loads(x) for x in (rnd / "kto.jsonl").read_text().splitlines()]
+        own = [r for r in rows if r["source"] == "student"]
+        assert len(own) == 2 * 10 and all(r["round"] == int(rnd.name[5]) for r in rows)  # 10 prompts x 2 samples
+        assert len(rows) - len(own) == round(0.5 * n_teacher)  # teacher_fraction of the teacher's labelled rows
+    assert json.loads((r2 / "run" / "train_report.json").read_text())["resumed_from"] >= 2
+
+    rep = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in rep["rows"]]
+    assert ["student after round 0 (fp)", "student after round 1 (fp)", "student after KTO (fp, round 2)"] == [
+        n for n in names if "round" in n
+    ]
+    md = (out / "report.md").read_text()
+    assert "on-policy rounds" in md and "round2: student's own" in md
+    (fin,) = (out / "stages").glob("export-*/bundle/manifest.json")
+    assert json.loads(fin.read_text())["training"]["run"] == str(r2 / "run")  # the last round ships
+
+
+def _rated(db: Path) -> int:
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    except sqlite3.OperationalError:  # the server has not created its tables yet
+        return 0
+    finally:
+        con.close()
+
+
+@pytest.mark.real_model
+def test_device_feedback_round_real_server_http_sqlite_export_and_kill_resume(tmp_path, tiny_model_dir):
+    """``rounds: {source: device}``: the student is exported and served by ``edge-runtime serve``; a
+    simulated user asks every training prompt over HTTP and rates the answer through /v1/feedback;
+    ``edge-runtime feedback export --bundle`` gives the round's rows. kill -9 in the middle of the
+    ratings: the rerun asks only what was not rated, no row is lost or duplicated."""
+    cfg = _yaml(tmp_path, tiny_model_dir, max_steps=2)
+    cfg.write_text(cfg.read_text() + "rounds: {count: 1, source: device, samples: 2, max_steps: 2}\n")
+    out = tmp_path / "run"
+    proc = _run([str(cfg), "--quiet"])
+    deadline = time.time() + 900
+    while _rated(db := next(iter((out / "stages").glob("round1-*/feedback.sqlite")), tmp_path / "none")) < 5:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (db.parent / "kto.jsonl").exists()
+    rated_before = _rated(db)
+
+    p = _run([str(cfg), "--quiet"])
+    text, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, text[-4000:]
+    assert "[round1] resuming" in text
+    rnd = db.parent
+    info = json.loads((rnd / "feedback.summary.json").read_text())
+    assert info["resumed_with"] >= rated_before >= 5 and info["asked_this_run"] == 20 - info["resumed_with"]
+    from edge_kto_runtime.bundle import manifest_digest
+
+    rows = [json.loads(x) for x in (rnd / "feedback.jsonl").read_text().splitlines()]
+    notes = [r["note"] for r in rows]
+    assert len(rows) == 20 and len(set(notes)) == 20  # 10 prompts x 2 samples, none lost, none twice
+    assert {r["bundle"] for r in rows} == {manifest_digest(rnd / "bundle")}
+    assert {r["source"] for r in rows} == {"device"}
+    trained = [json.loads(x) for x in (rnd / "kto.jsonl").read_text().splitlines()]
+    assert sum(r["source"] == "device" for r in trained) == 20 and all(r["round"] == 1 for r in trained)
+    assert json.loads((rnd / "run" / "config.json").read_text())["data"] == str(rnd / "kto.jsonl")
+    assert "round1: student's own" in (out / "report.md").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_kto_runtime import BundleError, ContextOverflow, load, open_bundle
-from edge_kto_runtime.bundle import safe_extract, zip_bundle
+from edge_kto_runtime.bundle import manifest_digest, safe_extract, zip_bundle
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("onnxruntime_genai")
@@ -174,7 +174,43 @@ def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, 
         "label": False,
         "source": "device",
         "model": rows[bad.request_id]["model"],
+        "bundle": manifest_digest(tiny_bundle),
     }
+
+
+def test_feedback_rows_name_the_bundle_that_served_them_and_export_keeps_one(tiny_bundle, tmp_path):
+    """A log from before the ``bundle`` column is migrated in place; ``feedback export --bundle`` keeps
+    only that bundle's rows (thumbs on an older model are not on-policy data for this one)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "fb.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE completions (request_id TEXT PRIMARY KEY, created REAL NOT NULL, model TEXT, "
+        "prompt TEXT NOT NULL, completion TEXT NOT NULL);"
+        "CREATE TABLE feedback (request_id TEXT PRIMARY KEY, good INTEGER NOT NULL, note TEXT, created REAL NOT NULL);"
+        "INSERT INTO completions VALUES ('older', 1.0, 'm', '\"q\"', 'an older answer');"
+        "INSERT INTO feedback VALUES ('older', 1, NULL, 1.0);"
+    )
+    old.commit()
+    old.close()
+    with load(tiny_bundle, artifact="model-q8_0.gguf", verify=False, feedback_db=db) as m:
+        now = m.complete("hi", max_new_tokens=3)
+        m.feedback(now.request_id, False)
+
+    def export(*extra: str) -> list[dict]:
+        out = tmp_path / "kto.jsonl"
+        cmd = [sys.executable, "-m", "edge_kto_runtime.cli", "feedback", "export", "--db", str(db), "--out", str(out)]
+        subprocess.run([*cmd, *extra], check=True, capture_output=True)
+        return [json.loads(x) for x in out.read_text().splitlines()]
+
+    assert [r["id"] for r in export()] == ["older", now.request_id]
+    assert "bundle" not in export()[0]
+    for spec in (str(tiny_bundle), manifest_digest(tiny_bundle)):
+        (row,) = export("--bundle", spec)
+        assert row["id"] == now.request_id and row["bundle"] == manifest_digest(tiny_bundle)
 
 
 def test_a_streamed_answer_is_logged_like_a_completed_one_and_can_be_rated(tiny_bundle, tmp_path):

@@ -118,8 +118,10 @@ def test_run_folder_holds_adapter_merged_model_metrics_and_curves(tmp_path, tiny
         "samples/s",
         "tokens/s",
         "grad_norm",
+        "kl_raw",
     ):
         assert all(isinstance(r[k], float) for r in rows), k
+    assert all(r["kl"] == pytest.approx(max(r["kl_raw"], 0.0), abs=1e-9) for r in rows)  # z0 = max(0, kl_raw)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["beta"] == 0.1 and cfg["lora"]["r"] == 8 and cfg["world_size"] == 1
     report = json.loads((run / "train_report.json").read_text())

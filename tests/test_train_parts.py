@@ -8,7 +8,7 @@ import torch
 from edge_kto.data import KTOExample
 from edge_kto.train.batches import collate, plan_batches, total_micro_steps
 from edge_kto.train.logps import CompletionLogps
-from edge_kto.train.loss import estimate_z0, kto_loss
+from edge_kto.train.loss import estimate_z0, kto_loss, mismatched_log_ratio
 from edge_kto.train.tokenize import Tokenized, tokenize_all
 
 
@@ -73,6 +73,9 @@ def test_z0_masks_empty_pairs_and_clamps_at_zero():
     pol, ref = torch.tensor([-1.0, -2.0, -9.0]), torch.tensor([-2.0, -2.5, 0.0])
     assert estimate_z0(pol, ref, valid=torch.tensor([True, True, False])).item() == pytest.approx(0.75)
     assert estimate_z0(ref, pol, valid=torch.tensor([True, True, False])).item() == 0.0
+    # before the clamp (logged as kl_raw): the mean log-ratio itself, negative when the policy gives
+    # the mismatched answers less probability than the reference
+    assert mismatched_log_ratio(ref, pol, valid=torch.tensor([True, True, False])).item() == pytest.approx(-0.75)
 
 
 def test_kto_loss_matches_the_paper_formula():

@@ -30,6 +30,7 @@ __all__ = [
     "LabelResult",
     "OnPolicyConfig",
     "run_label",
+    "summarize_labels",
     "get_verifier",
     "parse_verdict",
     "BUILTIN",
@@ -197,13 +198,16 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
         row["labeler"] = cfg.labeler if cfg.labeler != "verifier" else f"verifier:{cfg.verifier or r.get('verifier')}"
         kept.append(row)
     write_jsonl_atomic(cfg.out, kept)
-    summary = _summary(kept, unlabeled, duplicates, cfg.labeler)
+    summary = summarize_labels(kept, unlabeled, duplicates, cfg.labeler)
     summary_path = Path(cfg.out).with_suffix(".summary.json")
     write_json_atomic(summary_path, summary)
     return LabelResult(Path(cfg.out), summary_path, summary)
 
 
-def _summary(rows: list[dict], unlabeled: int, duplicates: int, labeler: str) -> dict[str, Any]:
+def summarize_labels(
+    rows: list[dict], unlabeled: int = 0, duplicates: int = 0, labeler: str = "verifier"
+) -> dict[str, Any]:
+    """Class counts per source, prompts left without a desirable row, and KTO's Eq. 8 weight range."""
     by_source: dict[str, dict[str, int]] = {}
     desirable_by_prompt: dict[str, int] = {}
     for r in rows:

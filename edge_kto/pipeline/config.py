@@ -22,6 +22,7 @@ from ..finish import FinishConfig
 from ..schema import from_mapping, to_mapping
 from ..teacher.base import SamplingParams, TeacherConfig
 from ..train import TrainConfig
+from .rounds import RoundsSection
 
 #: Set by the pipeline from the stages before (placeholders until then); refused in the YAML.
 SET_BY_PIPELINE: dict[str, dict[str, Any]] = {
@@ -74,6 +75,7 @@ class PipelineConfig:
     generate_eval: SamplingParams = field(default_factory=lambda: SamplingParams(n=2, temperature=0.8))
     label: LabelSection = field(default_factory=LabelSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**SET_BY_PIPELINE["train"]))
+    rounds: RoundsSection = field(default_factory=RoundsSection)  # on-policy KTO rounds after train
     finish: FinishConfig | None = None  # quantization-aware finishing; absent = off
     export: ExportConfig = field(default_factory=lambda: ExportConfig(**SET_BY_PIPELINE["export"]))
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)

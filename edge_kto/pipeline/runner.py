@@ -23,6 +23,7 @@ from ..run_folder import RunFolder
 from . import stages
 from .config import PipelineConfig
 from .report import report as make_report
+from .rounds import RoundInputs, run_round
 
 
 @dataclass
@@ -37,12 +38,19 @@ class StageRun:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: its typed inputs (everything it reads, hence its key), the stages it reads, its function."""
+    """One step: its typed inputs (everything it reads, hence its key), the stages it reads, its function.
+
+    A dependency is a stage name, or ``role=name`` when the function reads it under another name
+    (``train=round2``: finishing reads the last on-policy round as "the trained student")."""
 
     name: str
     inputs: Any
     deps: tuple[str, ...]
     run: Callable[[Any, Path, dict[str, StageRun], bool], dict[str, Any]]
+
+    def dep_names(self) -> list[tuple[str, str]]:
+        """(role, stage name) per dependency."""
+        return [(role, name or role) for role, _, name in (d.partition("=") for d in self.deps)]
 
 
 def key_material(inputs: Any) -> dict[str, Any]:
@@ -69,7 +77,7 @@ def task_fingerprint(task_dir: str) -> str:
 
 def stage_key(stage: Stage, dep_keys: dict[str, str]) -> str:
     """The folder key: the stage's typed inputs and the keys of the stages it reads, nothing else."""
-    return _hash({"inputs": key_material(stage.inputs), "deps": [dep_keys[d] for d in stage.deps]})
+    return _hash({"inputs": key_material(stage.inputs), "deps": [dep_keys[n] for _, n in stage.dep_names()]})
 
 
 def plan_keys(cfg: PipelineConfig) -> dict[str, str]:
@@ -101,7 +109,7 @@ class Runner:
             d.mkdir(parents=True, exist_ok=True)
             print(f"[{name}] {'resuming' if resumed else 'running'} -> {d}", flush=True)
             t = time.perf_counter()
-            result = stage.run(stage.inputs, d, {n: self.runs[n] for n in stage.deps}, self.progress)
+            result = stage.run(stage.inputs, d, {role: self.runs[n] for role, n in stage.dep_names()}, self.progress)
             run = StageRun(name, d, key, False, time.perf_counter() - t, result)
             write_json_atomic(done, {"stage": name, "key": key, "seconds": run.seconds, "result": result})
         self.runs[name] = run
@@ -138,15 +146,23 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         ),
         Stage("train", stages.TrainInputs(cfg.train, cfg.student), ("label",), stages.train),
     ]
+    trained = "train"  # the stage holding the current student: train, then each on-policy round
+    for k in range(1, cfg.rounds.count + 1):
+        inputs = RoundInputs(cfg.rounds, cfg.train, k, cfg.generate.max_new_tokens)
+        out.append(Stage(f"round{k}", inputs, (f"previous={trained}", "generate"), run_round))
+        trained = f"round{k}"
+    student = "train" if trained == "train" else f"train={trained}"
     if finished:  # quantization-aware finishing: the export then ships its on-grid weights
-        out.append(Stage("finish", stages.FinishInputs(cfg.finish), ("train", "label"), stages.finish))
-    upstream = ("train", "finish") if finished else ("train",)
+        out.append(Stage("finish", stages.FinishInputs(cfg.finish), (student, "label"), stages.finish))
+    upstream = (student, "finish") if finished else (student,)
+    # evaluate scores every earlier round too: "round0" is the training stage, the last round is "train"
+    history = tuple("round0=train" if k == 0 else f"round{k}" for k in range(cfg.rounds.count))
     out += [
         Stage("export", stages.ExportInputs(cfg.export, task, finished), (*upstream, "label_eval"), stages.export),
         Stage(
             "evaluate",
             stages.EvaluateInputs(cfg.evaluate, task, cfg.teacher, cfg.student, cfg.generate_eval, finished),
-            (*upstream, "export", "generate_eval"),
+            (*upstream, "export", "generate_eval", *history),
             stages.evaluate,
         ),
         Stage("bench", stages.BenchInputs(cfg.bench, cfg.teacher, task), ("export",), stages.bench),

@@ -230,11 +230,17 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
                 {"kind": "student_before"},
             )
         )
+    rounds = sorted((int(k[5:]) for k in deps if k.startswith("round")))  # earlier on-policy rounds, if any
+    for k in rounds:  # accuracy round over round: 0 is the recipe's training, the last one follows below
+        model = TeacherConfig(kind="hf", model=str(RunFolder(deps[f"round{k}"].dir / "run").model))
+        r = eval_teacher(f"student after round {k} (fp)", model, task, False, mx)
+        results.append((r, {"kind": "student_round", "round": k}))
     fp_dir = RunFolder(deps["train"].dir / "run").model
+    last = f", round {len(rounds)}" if rounds else ""
     results.append(
         (
-            eval_teacher("student after KTO (fp)", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
-            {"kind": "student_fp"},
+            eval_teacher(f"student after KTO (fp{last})", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
+            {"kind": "student_fp", **({"round": len(rounds)} if rounds else {})},
         )
     )
     if inp.finished and e.finished:  # the finished weights in torch: what 4-bit should reproduce

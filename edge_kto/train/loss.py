@@ -34,8 +34,19 @@ class KTOLossOutput:
 def estimate_z0(
     policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean KL log-ratio over mismatched pairs, summed and counted across all processes, clamped at 0.
+    """Mean KL log-ratio over mismatched pairs, summed and counted across all processes, clamped at 0
+    (the paper's ``max(0, .)``, as TRL's ``.clamp(min=0)``)."""
+    return mismatched_log_ratio(policy_kl_logps, ref_kl_logps, valid).clamp(min=0)
 
+
+def mismatched_log_ratio(
+    policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """z0 before the clamp: the mean of ``log pi_theta(y'|x) - log pi_ref(y'|x)`` over mismatched pairs.
+
+    Logged as ``kl_raw``: once the policy has learned its answers it gives *another* prompt's answer
+    less probability than the reference does, this mean turns negative and z0 reads 0 -- the
+    estimate, not the policy's divergence, is what is zero then.
     ``valid`` masks out empty mismatched sequences (no completion tokens survived truncation).
     Sum and count are all-reduced separately so uneven per-process batches weigh each pair once.
     """
@@ -46,7 +57,7 @@ def estimate_z0(
         stats = torch.stack([(ratio * valid).sum(), valid.sum().float()])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-        return (stats[0] / stats[1].clamp(min=1)).clamp(min=0)
+        return stats[0] / stats[1].clamp(min=1)
 
 
 def kto_loss(

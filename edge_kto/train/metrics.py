@@ -20,6 +20,7 @@ _FIELDS = (
     "rows",
     "kl_sum",
     "kl_n",
+    "kl_raw_sum",
     "chosen_reward",
     "chosen_logps",
     "n_chosen",
@@ -46,6 +47,7 @@ class StepAccumulator:
         logps: torch.Tensor,
         labels: torch.Tensor,
         tokens: int,
+        kl_raw: torch.Tensor | None = None,
     ) -> None:
         d, u = labels.bool(), ~labels.bool()
         vals = [
@@ -53,6 +55,7 @@ class StepAccumulator:
             float(len(losses)),
             kl.detach().double(),
             1.0,
+            (kl if kl_raw is None else kl_raw).detach().double(),
             rewards[d].double().sum(),
             logps.detach()[d].double().sum(),
             float(d.sum()),
@@ -70,6 +73,7 @@ class StepAccumulator:
         out = {
             "loss": div(v["loss_sum"], v["rows"]),
             "kl": div(v["kl_sum"], v["kl_n"]),  # z0 is global already: every process holds the same value
+            "kl_raw": div(v["kl_raw_sum"], v["kl_n"]),  # z0 before the clamp at 0 (negative: z0 reads 0)
             "rewards/chosen": div(v["chosen_reward"], v["n_chosen"]),
             "rewards/rejected": div(v["rejected_reward"], v["n_rejected"]),
             "logps/chosen": div(v["chosen_logps"], v["n_chosen"]),
@@ -100,7 +104,7 @@ def plot_curves(rows: list[dict], out: Path, title: str = "KTO training") -> Pat
 
     panels = [
         ("loss", ["loss"]),
-        ("kl (z0)", ["kl"]),
+        ("kl (z0, and before its clamp at 0)", ["kl", "kl_raw"]),
         ("rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
         ("completion log-probs", ["logps/chosen", "logps/rejected"]),
     ]

@@ -34,7 +34,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .examples import prepare_examples
 from .logps import CompletionLogps
-from .loss import estimate_z0, kto_loss
+from .loss import kto_loss, mismatched_log_ratio
 from .metrics import StepAccumulator, plot_curves
 from .reference import (
     ReferenceTable,
@@ -238,10 +238,11 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
                     if cfg.loss_type == "kto"
                     else None
                 )
-        z0 = torch.zeros((), device=device)
+        z0 = kl_raw = torch.zeros((), device=device)
         if cfg.loss_type == "kto":
             pol_kl = policy(batch.kl_input_ids, batch.kl_attention_mask, batch.kl_completion_mask)
-            z0 = estimate_z0(pol_kl, ref_kl, valid=batch.kl_completion_mask.any(dim=1))
+            kl_raw = mismatched_log_ratio(pol_kl, ref_kl, valid=batch.kl_completion_mask.any(dim=1))
+            z0 = kl_raw.clamp(min=0)  # = estimate_z0: the paper's max(0, .)
     sync = contextlib.nullcontext() if last else acc.no_sync(s.module)
     with sync:
         with acc.autocast():
@@ -257,7 +258,7 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
             loss_type=cfg.loss_type,
         )
         acc.backward(out.loss / cfg.grad_accum)
-    acc_stats.add(out.losses, out.kl, out.rewards, logps, batch.labels, batch.tokens)
+    acc_stats.add(out.losses, out.kl, out.rewards, logps, batch.labels, batch.tokens, kl_raw)
 
 
 def _metrics_log(s: TrainState) -> AppendLog | None:

@@ -148,14 +148,22 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_feedback(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .feedback import FeedbackStore
 
     store = FeedbackStore(a.db, create=False)
     try:
         if a.feedback_command == "export":
-            n, blank = store.export_kto(a.out)
+            bundle = a.bundle
+            if bundle and Path(bundle).exists():  # a bundle folder or zip: its manifest's digest
+                from .bundle import manifest_digest, open_bundle
+
+                bundle = manifest_digest(open_bundle(bundle, verify=False).root)
+            n, blank = store.export_kto(a.out, bundle)
             print(
                 f"{a.out}: {n} rated rows"
+                + (f" of bundle {bundle[:12]}" if bundle else "")
                 + (f" ({blank} with a blank completion left out)" if blank else "")
                 + f" — KTO JSONL: train on them with `edge-kto train --data {a.out}`"
             )
@@ -347,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     fe = f.add_parser("export", help="rated completions -> KTO JSONL for edge-kto train")
     fe.add_argument("--db", required=True)
     fe.add_argument("--out", required=True)
+    fe.add_argument(
+        "--bundle",
+        help="only completions this bundle served (a bundle folder/zip, or its manifest sha256): on-policy rows",
+    )
     fe.set_defaults(func=cmd_feedback)
     fs = f.add_parser("stats", help="how many completions and ratings")
     fs.add_argument("--db", required=True)

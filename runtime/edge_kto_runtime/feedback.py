@@ -4,6 +4,10 @@ WAL journal with ``synchronous=FULL``: each committed row survives a crash or ``
 server, and a reader never sees half a transaction. ``export_kto`` writes the rated rows as
 unpaired KTO rows (``{"prompt": messages, "completion", "label", "id", "source": "device"}``), the
 format ``edge-kto train`` reads, so the deployed student's thumbs become the next KTO round.
+
+Each completion records the sha256 of the manifest of the bundle that wrote it (``bundle``), and
+the export can keep one bundle's rows only: thumbs on an older model's answers are not on-policy
+data for the current one, and a training round must be able to tell them apart.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ CREATE TABLE IF NOT EXISTS completions (
     created REAL NOT NULL,
     model TEXT,
     prompt TEXT NOT NULL,          -- JSON: chat messages, or a string for raw completions
-    completion TEXT NOT NULL
+    completion TEXT NOT NULL,
+    bundle TEXT                    -- sha256 of the serving bundle's manifest.json
 );
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY REFERENCES completions(request_id),
@@ -40,9 +45,10 @@ class UnknownRequest(UserError, KeyError):
 
 
 class FeedbackStore:
-    def __init__(self, path: str | Path, create: bool = True):
-        """``create=False`` (reading: stats, export): a missing file is an error, never a new empty log."""
-        self.path = Path(path)
+    def __init__(self, path: str | Path, create: bool = True, bundle: str | None = None):
+        """``create=False`` (reading: stats, export): a missing file is an error, never a new empty log.
+        ``bundle``: the manifest sha256 of the bundle whose completions this store logs."""
+        self.path, self.bundle = Path(path), bundle
         if not create and not self.path.is_file():
             raise MissingInput(
                 f"{self.path}: no feedback log here (the server writes BUNDLE-feedback.sqlite "
@@ -57,12 +63,15 @@ class FeedbackStore:
             raise InvalidInput(f"{self.path}: not a feedback log ({e})") from None
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if "bundle" not in {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}:
+            self._db.execute("ALTER TABLE completions ADD COLUMN bundle TEXT")  # a log from before the column
 
     def log_completion(self, request_id: str, prompt: Any, completion: str, model: str | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                (request_id, time.time(), model, json.dumps(prompt, ensure_ascii=False), completion),
+                "INSERT OR REPLACE INTO completions (request_id, created, model, prompt, completion, bundle) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, time.time(), model, json.dumps(prompt, ensure_ascii=False), completion, self.bundle),
             )
 
     def add_feedback(self, request_id: str, good: bool, note: str | None = None) -> None:
@@ -75,14 +84,17 @@ class FeedbackStore:
                 "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?)", (request_id, int(good), note, time.time())
             )
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self, bundle: str | None = None) -> list[dict[str, Any]]:
+        """Rated completions, oldest rating first; ``bundle``: only those that bundle served."""
+        where, args = ("WHERE c.bundle = ? ", (bundle,)) if bundle else ("", ())
         with self._lock:
             cur = self._db.execute(
-                "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model FROM feedback f "
-                "JOIN completions c USING (request_id) ORDER BY f.created"
+                "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model, c.bundle FROM feedback f "
+                f"JOIN completions c USING (request_id) {where}ORDER BY f.created",
+                args,
             )
             out = []
-            for rid, prompt, completion, good, note, model in cur.fetchall():
+            for rid, prompt, completion, good, note, model, digest in cur.fetchall():
                 p = json.loads(prompt)
                 row = {
                     "id": rid,
@@ -95,6 +107,8 @@ class FeedbackStore:
                     row["note"] = note
                 if model:
                     row["model"] = model
+                if digest:
+                    row["bundle"] = digest
                 out.append(row)
             return out
 
@@ -104,12 +118,13 @@ class FeedbackStore:
             good = self._db.execute("SELECT COUNT(*), COALESCE(SUM(good), 0) FROM feedback").fetchone()
         return {"completions": n, "rated": good[0], "good": good[1], "bad": good[0] - good[1]}
 
-    def export_kto(self, out: str | Path) -> tuple[int, int]:
+    def export_kto(self, out: str | Path, bundle: str | None = None) -> tuple[int, int]:
         """Write rated rows as KTO JSONL atomically; returns (rows written, blank completions skipped).
 
-        A blank completion carries nothing to learn from (and the trainer refuses it).
+        A blank completion carries nothing to learn from (and the trainer refuses it). ``bundle``:
+        only the rows of completions that bundle (manifest sha256) served.
         """
-        rated = self.rows()
+        rated = self.rows(bundle)
         rows = [r for r in rated if r["completion"].strip()]
         write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return len(rows), len(rated) - len(rows)

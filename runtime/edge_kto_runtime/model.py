@@ -119,9 +119,10 @@ def load(
     be = BACKENDS[art.backend].open(b.file(art.path.rstrip("/")), n_ctx, n_threads)
     m = EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
     if feedback_db is not None:
+        from .bundle import manifest_digest
         from .feedback import FeedbackStore
 
-        m.feedback_store = FeedbackStore(feedback_db)
+        m.feedback_store = FeedbackStore(feedback_db, bundle=manifest_digest(b.root))
     return m
 
 

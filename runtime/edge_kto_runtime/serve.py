@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import serve_requests as req
+from .bundle import manifest_digest
 from .chat import TemplateError
 from .errors import InvalidInput
 from .feedback import FeedbackStore, UnknownRequest
@@ -73,7 +74,8 @@ class EdgeServer(ThreadingHTTPServer):
         self.name = cfg.model_name or str(model.bundle.manifest.get("name") or "edge-kto")
         self.gen_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(cfg.max_connections)
-        self.feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None
+        digest = manifest_digest(model.bundle.root) if cfg.feedback_db else None
+        self.feedback = FeedbackStore(cfg.feedback_db, bundle=digest) if cfg.feedback_db else None
         self.started = time.time()
         self.verbose = False
         self.request_queue_size = cfg.backlog

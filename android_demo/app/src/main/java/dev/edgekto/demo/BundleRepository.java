@@ -30,12 +30,15 @@ final class BundleRepository {
         final ChatEngine engine;
         final String systemPrompt; // what the student was trained with (golden rows), or null
         final String modelLabel;
+        final String manifestSha256; // logged with every answer: which model the thumbs are about
         final long verifyMillis, loadMillis;
 
-        Loaded(ChatEngine engine, String systemPrompt, String modelLabel, long verifyMillis, long loadMillis) {
+        Loaded(ChatEngine engine, String systemPrompt, String modelLabel, String manifestSha256, long verifyMillis,
+                long loadMillis) {
             this.engine = engine;
             this.systemPrompt = systemPrompt;
             this.modelLabel = modelLabel;
+            this.manifestSha256 = manifestSha256;
             this.verifyMillis = verifyMillis;
             this.loadMillis = loadMillis;
         }
@@ -124,7 +127,8 @@ final class BundleRepository {
             throw new BundleException(dir + "/manifest.json: artifact " + art.get("path") + " has backend '" + backend + "', which this app cannot run");
         }
         long loadMs = (System.nanoTime() - t1) / 1_000_000;
-        return new Loaded(engine, systemPrompt(golden), label, verifyMs, loadMs);
+        String digest = BundleVerifier.sha256(new File(dir, "manifest.json"));
+        return new Loaded(engine, systemPrompt(golden), label, digest, verifyMs, loadMs);
     }
 
     private static Map<String, Object> pickArtifact(BundleVerifier v, String wanted) throws BundleException {

@@ -20,7 +20,7 @@ import java.util.List;
  */
 final class FeedbackDb extends SQLiteOpenHelper {
     FeedbackDb(Context ctx) {
-        super(ctx, "feedback.sqlite", null, 1);
+        super(ctx, "feedback.sqlite", null, 2); // 2: completions.bundle
         setWriteAheadLoggingEnabled(true);
     }
 
@@ -35,19 +35,23 @@ final class FeedbackDb extends SQLiteOpenHelper {
     }
 
     @Override
-    public void onUpgrade(SQLiteDatabase db, int oldVersion, int newVersion) {}
+    public void onUpgrade(SQLiteDatabase db, int oldVersion, int newVersion) {
+        if (oldVersion < 2) db.execSQL(FeedbackSchema.ADD_BUNDLE_COLUMN);
+    }
 
     static double now() {
         return System.currentTimeMillis() / 1000.0;
     }
 
-    void logCompletion(String requestId, List<String[]> messages, String completion, String model) {
+    /** {@code bundle}: the manifest sha256 of the bundle that answered (rows of an older model are told apart). */
+    void logCompletion(String requestId, List<String[]> messages, String completion, String model, String bundle) {
         ContentValues v = new ContentValues();
         v.put("request_id", requestId);
         v.put("created", now());
         v.put("model", model);
         v.put("prompt", Json.write(ChatMl.messagesToJson(messages)));
         v.put("completion", completion);
+        v.put("bundle", bundle);
         getWritableDatabase().insertWithOnConflict("completions", null, v, SQLiteDatabase.CONFLICT_REPLACE);
     }
 
@@ -71,7 +75,8 @@ final class FeedbackDb extends SQLiteOpenHelper {
                     continue;
                 }
                 FeedbackRecord r = new FeedbackRecord(c.getString(0), msgs, completion, c.getInt(3) == 1,
-                        c.isNull(4) ? null : c.getString(4), c.isNull(5) ? null : c.getString(5));
+                        c.isNull(4) ? null : c.getString(4), c.isNull(5) ? null : c.getString(5),
+                        c.isNull(6) ? null : c.getString(6));
                 out.write((r.toJsonLine() + "\n").getBytes(StandardCharsets.UTF_8));
                 written++;
             }

@@ -152,7 +152,7 @@ public class MainActivity extends Activity {
                     return !stopRequested;
                 });
                 String id = UUID.randomUUID().toString();
-                feedback.logCompletion(id, prompt, a.text, l.modelLabel);
+                feedback.logCompletion(id, prompt, a.text, l.modelLabel, l.manifestSha256);
                 ui.post(() -> finishAnswer(answer, id, a));
             } catch (Exception e) {
                 ui.post(() -> {

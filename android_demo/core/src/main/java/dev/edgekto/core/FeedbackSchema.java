@@ -15,7 +15,8 @@ public final class FeedbackSchema {
                 + "    created REAL NOT NULL,\n"
                 + "    model TEXT,\n"
                 + "    prompt TEXT NOT NULL,          -- JSON: chat messages, or a string for raw completions\n"
-                + "    completion TEXT NOT NULL\n"
+                + "    completion TEXT NOT NULL,\n"
+                + "    bundle TEXT                    -- sha256 of the serving bundle's manifest.json\n"
                 + ")",
         "CREATE TABLE IF NOT EXISTS feedback (\n"
                 + "    request_id TEXT PRIMARY KEY REFERENCES completions(request_id),\n"
@@ -25,9 +26,12 @@ public final class FeedbackSchema {
                 + ")",
     };
 
-    /** Rated rows in export order, columns: request_id, prompt, completion, good, note, model. */
-    public static final String RATED_ROWS = "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model FROM feedback f "
+    /** Rated rows in export order, columns: request_id, prompt, completion, good, note, model, bundle. */
+    public static final String RATED_ROWS = "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model, c.bundle FROM feedback f "
             + "JOIN completions c USING (request_id) ORDER BY f.created";
+
+    /** A database from before the bundle column (the runtime migrates its logs the same way). */
+    public static final String ADD_BUNDLE_COLUMN = "ALTER TABLE completions ADD COLUMN bundle TEXT";
 
     /** The schema as one script, as the fixture holds it. */
     public static String script() {

@@ -1,0 +1,151 @@
+"""On-policy KTO rounds (``rounds: {count: K}``): after the recipe's training (round 0), each round
+samples the current student on the training prompts, labels its own answers with the task's
+labeler, mixes them with the teacher's labelled rows, and trains KTO once more with the previous
+round's model as the reference (the adapter-disabled base is that model).
+
+This is KTO's natural data (arXiv 2402.01306, section 4: unpaired binary feedback on the model's
+own outputs): the round's undesirable rows are the mistakes the student makes now, not the
+teacher's. Where the answers come from is ``source``: ``samples`` draws them in torch (batched
+transformers sampling); ``device`` exports the student, serves it with the real runtime and
+collects a simulated user's thumbs through ``/v1/feedback`` (:mod:`.device_feedback`).
+
+A round is one pipeline stage (``round1`` .. ``roundK``), cached and resumed like the others: its
+samples are seeded by round and its labelled rows are kept, so a rerun after a kill trains on the
+same rows from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..run_folder import RunFolder
+from ..teacher.base import SamplingParams
+from ..train import TrainConfig
+
+SOURCES = ("samples", "device")
+
+
+@dataclass
+class RoundsSection:
+    """How many on-policy rounds follow the training stage, and what each one samples and trains."""
+
+    count: int = 0  # 0: no rounds (the recipe's training only)
+    source: str = "samples"  # "samples" (torch sampling) or "device" (served bundle + /v1/feedback thumbs)
+    serve_quant: str = "Q8_0"  # source device: the GGUF type the round's student is served as
+    samples: int = 4  # the current student's answers per training prompt
+    temperature: float = 0.8
+    teacher_fraction: float = 1.0  # share of the teacher's candidates mixed in (seeded subsample)
+    epochs: float = 1.0
+    lr: float = 5e-5  # lower than the first KTO pass: a round corrects, it does not relearn
+    max_steps: int | None = None
+
+    def validate(self) -> None:
+        from edge_kto_runtime.errors import InvalidInput
+
+        errs = []
+        if self.source not in SOURCES:
+            errs.append(f"source: one of {SOURCES}, got {self.source!r}")
+        if self.count < 0:
+            errs.append("count: must be >= 0")
+        if self.samples < 1:
+            errs.append("samples: must be >= 1 (a round learns from the student's own answers)")
+        if not 0.0 <= self.teacher_fraction <= 1.0:
+            errs.append("teacher_fraction: must be within [0, 1]")
+        if self.temperature <= 0:
+            errs.append("temperature: must be > 0 (greedy answers repeat: one row per prompt at most)")
+        if errs:
+            raise InvalidInput("rounds: " + "; ".join(errs))
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    rounds: RoundsSection
+    train: TrainConfig  # the KTO settings (beta, LoRA, batch, lengths); data / model / out set here
+    index: int  # 1 .. count
+    max_new_tokens: int  # the student's answer budget (the pipeline's generate.max_new_tokens)
+
+
+def _seed(inp: RoundInputs) -> int:
+    """The round's sampling seed: another for every round and for every training seed."""
+    return 1000 * inp.index + inp.train.seed
+
+
+def _mix(rows: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Every student row of the round, and a seeded share of the teacher's labelled rows."""
+    teacher = [i for i, r in enumerate(rows) if r.get("source") not in ("student", "device")]
+    drop = set(random.Random(seed).sample(teacher, len(teacher) - round(fraction * len(teacher))))
+    return [r for i, r in enumerate(rows) if i not in drop]
+
+
+def _device_rows(inp: RoundInputs, previous: Path, deps: dict[str, Any], d: Path, progress: bool) -> list[dict]:
+    """The previous round's student served as a bundle; a simulated user's thumbs, this bundle's only."""
+    from . import device_feedback
+
+    r = inp.rounds
+    info = device_feedback.collect(
+        previous,
+        deps["generate"].dir / "candidates.jsonl",
+        d,
+        r.samples,
+        r.temperature,
+        inp.max_new_tokens,
+        _seed(inp),
+        r.serve_quant,
+        progress,
+    )
+    write_json_atomic(d / "feedback.summary.json", info)
+    return device_feedback.device_rows(Path(info["rows"]), inp.index)
+
+
+def run_round(inp: RoundInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Sample the previous round's student, label, and train KTO on top of it (its own reference)."""
+    from ..label import LabelConfig, OnPolicyConfig, run_label, summarize_labels
+    from ..train import run_train
+
+    run = RunFolder(d / "run")
+    if run.finished():  # finished before the kill that lost done.json
+        return {**run.report(), "label": _read_summary(d)}
+    previous = RunFolder(deps["previous"].dir / "run").model
+    r = inp.rounds
+    data = d / "kto.jsonl"
+    if not data.is_file():  # a kill during training keeps the labelled rows; sampling is seeded, so redoing it is exact
+        rows = _device_rows(inp, previous, deps, d, progress) if r.source == "device" else []
+        sampling = SamplingParams(
+            n=r.samples, temperature=r.temperature, max_new_tokens=inp.max_new_tokens, seed=_seed(inp)
+        )
+        res = run_label(
+            LabelConfig(
+                candidates=str(deps["generate"].dir / "candidates.jsonl"),  # the teacher's, relabelled by the same rule
+                out=str(d / "labelled.jsonl"),
+                on_policy=OnPolicyConfig(str(previous), sampling) if r.source == "samples" else None,
+                progress=progress,
+            )
+        )
+        rows += [{**row, "round": inp.index} for _, row in iter_jsonl(res.out)]
+        rows = _mix(rows, r.teacher_fraction, _seed(inp))
+        write_json_atomic(d / "kto.summary.json", summarize_labels(rows))
+        write_jsonl_atomic(data, rows)
+    tc = replace(
+        inp.train,
+        data=str(data),
+        model=str(previous),
+        out=str(run.root),
+        sft_steps=0,  # the previous round is the start and the reference; nothing to warm up
+        epochs=r.epochs,
+        max_steps=r.max_steps,
+        lr=r.lr,
+        seed=inp.train.seed + inp.index,
+    )
+    has_ckpt = run.has_checkpoint()
+    report = run_train(tc, resume=has_ckpt, force=not has_ckpt, progress=progress).report
+    return {**report, "label": _read_summary(d)}
+
+
+def _read_summary(d: Path) -> dict[str, Any]:
+    p = d / "kto.summary.json"
+    return json.loads(p.read_text()) if p.is_file() else {}

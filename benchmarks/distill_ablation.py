@@ -60,15 +60,10 @@ def _sft_only(run_dir: Path, base_model: str) -> Path:
     """The SFT warm start of a training run on its own: base + its ``sft_adapter``, merged (cached)."""
     out = run_dir.parent / "sft_only"
     if not (out / "config.json").is_file():
-        import torch
-        from peft import PeftModel
+        from edge_kto.export.recipe import merge_adapter  # the export's own merge: fp32 base + LoRA
 
-        from edge_kto.models import load_model
-
-        base, tok = load_model(base_model, dtype=torch.float32)
         tmp = out.with_name("sft_only.tmp")
-        PeftModel.from_pretrained(base, str(run_dir / "sft_adapter")).merge_and_unload().save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        merge_adapter(base_model, run_dir / "sft_adapter", tmp)
         tmp.rename(out)
     return out
 

@@ -516,7 +516,6 @@ def test_gate_measures_a_finished_student_against_its_own_weights(finished, fini
     device = run_device_check(finished_bundle, n_threads=2)
     for r in server + device:
         assert r["kl_reference"] == "finished"
-        print(r["artifact"], r["kl_source"], r["kld_mean"], r["kld_student_mean"], r["top1_agree"])
     s_onnx = next(r for r in server if r["artifact"] == art)
     assert s_onnx["kl_source"] == "full" and s_onnx["kld_mean"] < 1e-3 < s_onnx["kld_student_mean"]
     for s, d in zip(server, device):  # the device's top-k KL is a lower bound of the server's full KL

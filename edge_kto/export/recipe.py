@@ -151,7 +151,7 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
     if folder.is_training_run():
         training = _run_training(src)
         tcfg = folder.config()
-        hf = folder.model if folder.has_model() else _merge_adapter(tcfg["model"], folder.adapter, work / "merged")
+        hf = folder.model if folder.has_model() else merge_adapter(tcfg["model"], folder.adapter, work / "merged")
         return Source(hf, hf, training, tcfg.get("data"))
     from ..models.loader import resolve_spec
 
@@ -166,7 +166,7 @@ def _resolve_source(cfg: ExportConfig, work: Path) -> Source:
     raise InvalidInput(f"{cfg.source}: export needs a local run folder or model (hub ids: download first)")
 
 
-def _merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
+def merge_adapter(base_spec: str, adapter: Path, out: Path) -> Path:
     """LoRA merged into the fp32 base in torch, never into a quantized base."""
     import torch
     from peft import PeftModel

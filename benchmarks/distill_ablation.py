@@ -4,19 +4,24 @@ rounds, KTO-only -- each over several seeds, fp accuracy on the task's eval spli
     python benchmarks/distill_ablation.py --pipeline edge_kto/pipelines/demo.yaml --seeds 0,1,2
     python benchmarks/distill_ablation.py --pipeline edge_kto/pipelines/demo.yaml \
         --task edge_kto/tasks/voltride_support --seeds 0,1,2
+    python benchmarks/distill_ablation.py --methods sft,sft_kto --variant apo:loss_type=apo_zero_unpaired \
+        --variant beta05:beta=0.5 --seeds 0,1,2   # other KTO settings on each seed's own SFT model
     python benchmarks/distill_ablation.py --quick      # CI: the tiny student on capitals, 2 seeds
 
 The stages are the pipeline's own, in ``OUT`` (default ``runs/ablation-<task>``): generation and
 labels run once and are shared by every method and seed (same stage keys); per seed, ``train`` is
 SFT then KTO (its SFT adapter alone is the SFT-only model: the same SFT run, so the SFT-only vs
 SFT+KTO comparison is paired), ``round1`` / ``round2`` continue from it on the student's own
-labelled answers, and a second ``train`` with ``sft_steps: 0`` is KTO-only. Everything is cached
-and resumable like the pipeline (rerun the command after a kill).
+labelled answers, and a second ``train`` with ``sft_steps: 0`` is KTO-only; each ``--variant`` is one
+more ``train`` with other KTO settings on the seed's SFT adapter (``sft_from``: not trained again, so it
+pairs with SFT-only as well). Only the methods asked for are trained. Everything is cached and
+resumable like the pipeline (rerun the command after a kill).
 
 Reported: accuracy per method, mean and sd over seeds; for each method against SFT-only, the mean
 paired difference (points) with a 95% bootstrap interval over questions (per question the
-difference averaged over seeds, 10,000 resamples); the teacher's greedy accuracy on the same
-questions; the last KTO step's z0 (``kl``) and its value before the clamp at 0 (``kl_raw``).
+difference averaged over seeds, 10,000 resamples), and the same against the teacher's greedy answers;
+the teacher's best-of-n on the training prompts; the last KTO step's z0 (``kl``) and its value
+before the clamp at 0 (``kl_raw``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
 import statistics
 import sys
 import time
@@ -89,36 +93,55 @@ def _accuracy(model_dir: Path, task: Any, max_new_tokens: int) -> list[bool]:
     return correct
 
 
-def run_seed(base: Any, seed: int, progress: bool) -> dict[str, Any]:
-    """The five students of one seed: {method: (model folder, training run or None)}."""
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` -> (NAME, {key: value}); values read as YAML scalars."""
+    import yaml
+
+    from edge_kto.train import TrainConfig
+
+    name, _, body = spec.partition(":")
+    over = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"--variant {spec!r}: expected NAME:key=value,... with TrainConfig keys, got {item!r}")
+        over[key.strip()] = yaml.safe_load(value)
+    if not name or not over:
+        raise SystemExit(f"--variant {spec!r}: expected NAME:key=value,...")
+    return name, over
+
+
+def run_seed(
+    base: Any, seed: int, methods: list[str], variants: dict[str, dict[str, Any]], progress: bool
+) -> dict[str, Any]:
+    """The students of one seed that ``methods`` name: {method: (model folder, training run or None)}.
+
+    A variant is KTO with other training settings on *this seed's* SFT model (``sft_from``: the SFT
+    warm start is not trained again), so it is paired with SFT-only and SFT + KTO like they are."""
     from edge_kto.run_folder import RunFolder
 
     cfg = copy.deepcopy(base)
     cfg.train.seed = seed
-    cfg.rounds.count = 2
+    cfg.rounds.count = 2 if "sft_kto_r2" in methods else 1 if "sft_kto_r1" in methods else 0
     runs = _stages(cfg, progress)
     train = runs["train"].dir / "run"
-    out = {
-        "sft": (_sft_only(train, cfg.student), None),
-        "sft_kto": (RunFolder(train).model, train),
-        "sft_kto_r1": (RunFolder(runs["round1"].dir / "run").model, runs["round1"].dir / "run"),
-        "sft_kto_r2": (RunFolder(runs["round2"].dir / "run").model, runs["round2"].dir / "run"),
-    }
-    kto = copy.deepcopy(cfg)
-    kto.train.sft_steps, kto.rounds.count = 0, 0
-    run = _stages(kto, progress)["train"].dir / "run"
-    out["kto"] = (RunFolder(run).model, run)
+    out = {"sft": (_sft_only(train, cfg.student), None), "sft_kto": (RunFolder(train).model, train)}
+    for k in range(1, cfg.rounds.count + 1):
+        out[f"sft_kto_r{k}"] = (RunFolder(runs[f"round{k}"].dir / "run").model, runs[f"round{k}"].dir / "run")
+    for name, over in variants.items():
+        v = copy.deepcopy(cfg)
+        v.rounds.count = 0
+        for key, value in over.items():
+            setattr(v.train, key, value)
+        v.train.sft_steps, v.train.sft_from = 0, str(train / "sft_adapter")
+        run = _stages(v, progress)["train"].dir / "run"
+        out[name] = (RunFolder(run).model, run)
+    if "kto" in methods:
+        kto = copy.deepcopy(cfg)
+        kto.train.sft_steps, kto.rounds.count = 0, 0
+        run = _stages(kto, progress)["train"].dir / "run"
+        out["kto"] = (RunFolder(run).model, run)
     return out
-
-
-def paired_interval(a: list[list[bool]], b: list[list[bool]], n: int = 10_000, seed: int = 0) -> tuple[float, ...]:
-    """Mean difference a - b in points (a, b: per seed, per question) and its 95% bootstrap interval
-    over questions, the per-question difference averaged over seeds first."""
-    q = len(a[0])
-    per_q = [sum(int(x[i]) - int(y[i]) for x, y in zip(a, b)) / len(a) for i in range(q)]
-    rng = random.Random(seed)
-    means = sorted(sum(per_q[rng.randrange(q)] for _ in range(q)) / q for _ in range(n))
-    return 100 * sum(per_q) / q, 100 * means[int(0.025 * n)], 100 * means[int(0.975 * n) - 1]
 
 
 def teacher_greedy(cfg: Any, task: Any, progress: bool) -> dict[str, Any] | None:
@@ -135,31 +158,57 @@ def teacher_greedy(cfg: Any, task: Any, progress: bool) -> dict[str, Any] | None
     return None if res is None else {"correct": [o["correct"] for o in res.outputs], "accuracy": res.accuracy}
 
 
+def best_of_n(cfg: Any, progress: bool) -> dict[str, Any] | None:
+    """The teacher's best-of-n on the training prompts (any of its ``generate.n`` samples accepted)."""
+    from edge_kto.label import teacher_best_of_n
+
+    runs = _stages(_no_rounds(cfg), progress)  # cached: generate and label only
+    got = teacher_best_of_n(runs["label"].dir / "kto.jsonl")
+    return None if got is None else {"prompts_ok": got[0], "prompts": got[1], "n": cfg.generate.n}
+
+
+def _no_rounds(cfg: Any) -> Any:
+    c = copy.deepcopy(cfg)
+    c.rounds.count = 0
+    return c
+
+
 def markdown(rep: dict[str, Any]) -> str:
     lines = [
         f"task `{rep['task']}`, {rep['questions']} eval questions, seeds {rep['seeds']}",
         "",
-        "| method | accuracy per seed | mean ± sd | vs SFT only (points, 95% CI) | last KTO step: z0 / before clamp |",
-        "|---|---|---|---|---|",
+        "| method | accuracy per seed | mean ± sd | vs SFT only (points, 95% CI) | vs teacher greedy | "
+        "last KTO step: z0 / before clamp |",
+        "|---|---|---|---|---|---|",
     ]
     for m in rep["methods"]:
         r = rep["results"][m]
-        d = r.get("vs_sft")
-        diff = "-" if d is None else f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+        diff, vs_t = (_diff(r.get(k)) for k in ("vs_sft", "vs_teacher"))
         kl = r.get("kl_end") or []
         kls = ", ".join(
             f"{k['kl']:.3f} / {k['kl_raw']:.3f}" for k in kl if k.get("kl") is not None and k.get("kl_raw") is not None
         )
         lines.append(
             f"| {LABELS[m]} | {', '.join(f'{a:.1%}' for a in r['accuracy'])} | {r['mean']:.1%} ± {r['sd']:.1%} | "
-            f"{diff} | {kls or '-'} |"
+            f"{diff} | {vs_t} | {kls or '-'} |"
         )
     if rep.get("teacher"):
-        lines.append(f"| teacher (greedy, with context) | {rep['teacher']['accuracy']:.1%} | - | - | - |")
+        lines.append(f"| teacher (greedy, with context) | {rep['teacher']['accuracy']:.1%} | - | - | - | - |")
+    b = rep.get("teacher_best_of_n")
+    if b:
+        lines.append(
+            f"| teacher best-of-{b['n']} on the training prompts (any accepted) | "
+            f"{b['prompts_ok'] / b['prompts']:.1%} ({b['prompts_ok']}/{b['prompts']}) | - | - | - | - |"
+        )
     return "\n".join(lines)
 
 
+def _diff(d: dict[str, Any] | None) -> str:
+    return "-" if d is None else f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    from edge_kto.intervals import paired_difference
     from edge_kto.pipeline import PipelineConfig
     from edge_kto.pipeline.runner import task_fingerprint
     from edge_kto.pipeline.stages import TaskRef
@@ -174,7 +223,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         setattr(cfg.rounds, k, v)
     for k, v in (a.train or {}).items():
         setattr(cfg.train, k, v)
-    methods = [m for m in a.methods.split(",") if m]
+    variants = dict(parse_variant(s) for s in a.variant or [])
+    methods = [m for m in a.methods.split(",") if m] + list(variants)
+    for name, over in variants.items():
+        LABELS[name] = "SFT + KTO (" + ", ".join(f"{k}={v}" for k, v in over.items()) + ")"
     if "sft" in methods and not cfg.train.sft_steps:
         raise SystemExit(f"{a.pipeline}: train.sft_steps is 0, so no SFT-only model exists; drop 'sft' from --methods")
     task = TaskRef(cfg.task, task_fingerprint(cfg.task), cfg.limit).load()
@@ -184,31 +236,36 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     correct: dict[str, list[list[bool]]] = {m: [] for m in methods}
     kl_end: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
-        students = run_seed(cfg, seed, a.progress)
+        students = run_seed(cfg, seed, methods, variants, a.progress)
         for m in methods:
             model, train_run = students[m]
             correct[m].append(_accuracy(Path(model), task, mx))
             if train_run is not None:
                 kl_end[m].append(_kl_at_end(Path(train_run)))
+    teacher = teacher_greedy(cfg, task, a.progress)
     results: dict[str, Any] = {}
     for m in methods:
         accs = [sum(c) / len(c) for c in correct[m]]
         r = {"accuracy": accs, "mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
         if m != "sft" and "sft" in correct:
-            mean, lo, hi = paired_interval(correct[m], correct["sft"])
+            mean, lo, hi = paired_difference(correct[m], correct["sft"])
             r["vs_sft"] = {"mean": mean, "lo": lo, "hi": hi, "excludes_zero": lo > 0 or hi < 0}
+        if teacher:
+            mean, lo, hi = paired_difference(correct[m], [teacher["correct"]] * len(seeds))
+            r["vs_teacher"] = {"mean": mean, "lo": lo, "hi": hi, "excludes_zero": lo > 0 or hi < 0}
         r["kl_end"], r["correct"] = kl_end[m], correct[m]
         results[m] = r
-    teacher = teacher_greedy(cfg, task, a.progress)
     return {
         "task": Path(cfg.task).name,
         "pipeline": str(a.pipeline),
         "questions": len(task.eval),
         "seeds": seeds,
         "methods": methods,
+        "variants": variants,
         "rounds": {k: getattr(cfg.rounds, k) for k in ("samples", "temperature", "teacher_fraction", "epochs", "lr")},
         "results": results,
         "teacher": teacher,
+        "teacher_best_of_n": best_of_n(cfg, a.progress),
         "seconds": time.perf_counter() - t0,
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -221,6 +278,11 @@ def main() -> int:
     ap.add_argument("--student", help="override the pipeline's student")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--variant",
+        action="append",
+        help="NAME:key=value,... another KTO setting on each seed's SFT model, e.g. apo:loss_type=apo_zero_unpaired",
+    )
     ap.add_argument("--runs", help="stage folder (default runs/ablation-<task>)")
     ap.add_argument("--out", help="JSON (default benchmarks/results/distill_ablation_<task>.json)")
     ap.add_argument("--quick", action="store_true", help="CI: quick.yaml's capitals task, a tiny student, 2 seeds")

@@ -155,6 +155,7 @@ _TRAIN_HELP = {  # TrainConfig field -> flag help (every scalar field gets a fla
     "precision": "auto | fp32 | bf16",
     "save_steps": "checkpoint every N steps",
     "sft_steps": "SFT warm start steps on desirable rows before KTO (0: none)",
+    "sft_from": "merge this trained SFT adapter (a run's sft_adapter/) instead of training a warm start",
     "seed": "seed for the batch plan and init",
     "cache_dir": "reference log-prob cache folder",
     "precompute_ref": "reference log-probs computed once before training (--no-precompute-ref: every step)",

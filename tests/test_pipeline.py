@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_kto.intervals import accuracy_interval
+
 TASK = Path(__file__).resolve().parent.parent / "edge_kto" / "tasks" / "capitals"
 
 
@@ -82,7 +84,15 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
     teacher = rep["rows"][0]
     assert teacher["accuracy"] >= 0.5, teacher  # SmolLM2 with the capitals list answers most of them
     assert teacher["ttft"] != "-" and rep["rows"][3]["ttft"] != "-"
-    assert "alignment gate" in (out / "report.md").read_text() and (out / "curves.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "alignment gate" in md and (out / "curves.png").is_file()
+    # Every accuracy carries its 95% interval over questions; the teacher's best-of-n and each student's
+    # paired difference from the teacher are stated.
+    (outputs,) = (out / "stages").glob("evaluate-*/outputs.jsonl")
+    verdicts = [json.loads(x) for x in outputs.read_text().splitlines()]
+    _, lo, hi = accuracy_interval([o["correct"] for o in verdicts if o["model"] == teacher["name"]])
+    assert f"[{lo:.1%}, {hi:.1%}]" in md and lo <= teacher["accuracy"] <= hi
+    assert "teacher best-of-n on the training prompts" in md and "vs the teacher's greedy answers" in md
     # The artifact's accuracy is scored on the gate's answers (same budget), not decoded twice.
     ev = json.loads(next((out / "stages").glob("evaluate-*/done.json")).read_text())["result"]["results"]
     assert [r.get("answers") for r in ev if r["kind"] == "artifact"] == ["export gate"]

@@ -109,6 +109,14 @@ def test_a_setting_reruns_the_stage_that_reads_it_and_those_after_only(tmp_path,
     assert first in changed and not (changed & untouched), changed
 
 
+def test_round_k_is_cached_whatever_number_of_rounds_follows(tmp_path):
+    """Round 1 of a two-round pipeline is the one-round pipeline's round 1 (the ablation asks for both)."""
+    one = plan_keys(_load(tmp_path, "rounds: {count: 1}"))
+    two = plan_keys(_load(tmp_path, "rounds: {count: 2}"))
+    assert one["round1"] == two["round1"] and "round2" in two
+    assert one["export"] != two["export"]  # the last round is what ships
+
+
 def test_the_task_folder_is_keyed_by_content_not_by_path(tmp_path):
     import shutil
 
@@ -162,3 +170,34 @@ def test_edge_kto_run_task_runs_the_same_file_on_another_task_folder(tmp_path, c
     assert main(["run", str(demo), "--task", str(tmp_path / "none"), "--plan"]) == 2
     assert "none/task.json: no such file" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_extends_starts_from_another_pipeline_file_and_merges_key_by_key(tmp_path):
+    """A variant file names only what it changes; nested keys merge (train.lora.r keeps lora.alpha)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        f"task: {TASK}\nname: base\ntrain: {{lr: 0.001, beta: 0.2, lora: {{r: 4, alpha: 8}}}}\n"
+        "export: {gguf: [Q4_0, Q8_0]}\n"
+    )
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: ../base.yaml\ntrain: {beta: 0.5, lora: {r: 16}}\nexport: {gguf: [Q8_0]}\n")
+    cfg = PipelineConfig.from_yaml(child)
+    assert (cfg.name, cfg.train.lr, cfg.train.beta) == ("base", 0.001, 0.5)
+    assert (cfg.train.lora.r, cfg.train.lora.alpha) == (16, 8)
+    assert cfg.export.gguf == ["Q8_0"]  # lists replace
+    (tmp_path / "base.yaml").write_text("extends: sub/child.yaml\n")
+    with pytest.raises(InvalidInput, match="a cycle"):
+        PipelineConfig.from_yaml(child)
+    child.write_text("extends: ../missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml: no such pipeline file \(extended by .*child\.yaml\)"):
+        PipelineConfig.from_yaml(child)
+
+
+def test_the_feedback_pipeline_is_the_demo_plus_a_device_round():
+    """demo_feedback.yaml shares every stage up to training with demo.yaml (one cache serves both)."""
+    root = Path(__file__).resolve().parent.parent / "edge_kto" / "pipelines"
+    demo, fb = PipelineConfig.from_yaml(root / "demo.yaml"), PipelineConfig.from_yaml(root / "demo_feedback.yaml")
+    assert (fb.rounds.count, fb.rounds.source) == (1, "device") and demo.rounds.count == 0
+    a, b = plan_keys(demo), plan_keys(fb)
+    assert all(a[s] == b[s] for s in ("generate", "generate_eval", "label", "label_eval", "train"))
+    assert "round1" in b and a["export"] != b["export"]

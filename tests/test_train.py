@@ -18,6 +18,7 @@ from conftest import free_port, write_jsonl
 
 from edge_kto.train import TrainConfig, run_train
 from edge_kto.train.recipe import finish_training, setup_training, train_loop
+from edge_kto_runtime.errors import InvalidInput
 
 
 def _arith_rows(n: int, seed: int = 0) -> list[dict]:
@@ -377,6 +378,18 @@ def test_sft_warm_start_becomes_the_reference(tmp_path, tiny_model_dir, data):
     p, s = _metrics(plain.run_dir)[0], _metrics(sft.run_dir)[0]
     assert s["logps/chosen"] > p["logps/chosen"] + 5  # the SFT model starts KTO...
     assert s["rewards/chosen"] == 0.0 and s["rewards/rejected"] == 0.0  # ...and is its reference (r = 0 at step 1)
+
+    # sft_from: a second KTO run on the same SFT model, without training SFT again
+    adapter = str(sft.run_dir / "sft_adapter")
+    reuse = run_train(
+        _cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "reuse"), max_steps=1, sft_from=adapter), progress=False
+    )
+    r = _metrics(reuse.run_dir)[0]
+    assert not (reuse.run_dir / "sft_metrics.jsonl").exists()
+    assert r["logps/chosen"] == pytest.approx(s["logps/chosen"], abs=1e-3)
+    assert r["rewards/chosen"] == 0.0
+    with pytest.raises(InvalidInput, match="sft_from: .*nowhere.* adapter_config.json"):
+        _cfg(tmp_path, tiny_model_dir, data, sft_from=str(tmp_path / "nowhere")).validate()
 
 
 def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_model_dir, data):

@@ -31,6 +31,7 @@ __all__ = [
     "OnPolicyConfig",
     "run_label",
     "summarize_labels",
+    "teacher_best_of_n",
     "get_verifier",
     "parse_verdict",
     "BUILTIN",
@@ -202,6 +203,20 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
     summary_path = Path(cfg.out).with_suffix(".summary.json")
     write_json_atomic(summary_path, summary)
     return LabelResult(Path(cfg.out), summary_path, summary)
+
+
+def teacher_best_of_n(kto_path: Path) -> tuple[int, int] | None:
+    """(prompts with at least one accepted teacher sample, prompts) in a labelled file: the teacher's
+    best-of-n, the ceiling of what its data can show the student. None without teacher rows."""
+    if not Path(kto_path).is_file():
+        return None
+    ok: dict[str, bool] = {}
+    for _, r in iter_jsonl(kto_path):
+        if r.get("source") in ("student", "device"):
+            continue
+        pid = str(r.get("prompt_id", r["id"]))
+        ok[pid] = ok.get(pid, False) or bool(r["label"])
+    return (sum(ok.values()), len(ok)) if ok else None
 
 
 def summarize_labels(

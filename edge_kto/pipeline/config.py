@@ -84,13 +84,9 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        import yaml
-
+        """A pipeline file; ``extends: other.yaml`` (relative to the file) starts from another one."""
         path = Path(path)
-        if not path.is_file():
-            raise MissingInput(f"{path}: no such pipeline file")
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return cls.from_dict(d, str(path), base=path.parent)
+        return cls.from_dict(read_layers(path), str(path), base=path.parent)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "pipeline", base: Path | None = None) -> "PipelineConfig":
@@ -121,6 +117,37 @@ class PipelineConfig:
         cfg = cls(**typed)
         read_task(cfg.task)  # the task folder itself: a missing file or bad row stops the run here, named
         return cfg
+
+
+def read_layers(path: Path, below: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline file's mapping over the file it ``extends``, merged key by key at every depth (a
+    variant names only what it changes: ``train: {lr: ...}`` keeps the rest of the base's ``train``).
+    Each file's relative ``task`` is resolved against that file's folder."""
+    import yaml
+
+    if not path.is_file():
+        raise MissingInput(f"{path}: no such pipeline file" + (f" (extended by {below[-1]})" if below else ""))
+    d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(d, dict):
+        raise InvalidInput(f"{path}: expected a mapping of pipeline sections")
+    if isinstance(d.get("task"), str) and not Path(d["task"]).is_absolute() and (path.parent / d["task"]).exists():
+        d["task"] = str(path.parent / d["task"])
+    parent = d.pop("extends", None)
+    if parent is None:
+        return d
+    if not isinstance(parent, str):
+        raise InvalidInput(f"{path}: extends: expected a pipeline file name, got {parent!r}")
+    target = (path.parent / parent).resolve()
+    if target in below or target == path.resolve():
+        raise InvalidInput(f"{path}: extends: {parent} extends this file again (a cycle)")
+    return _merge(read_layers(target, (*below, path.resolve())), d)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 @dataclass

@@ -9,7 +9,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..intervals import accuracy_interval, paired_difference
+from ..jsonl import iter_jsonl
+from ..label import teacher_best_of_n
 from ..run_folder import RunFolder
+
+
+def _verdicts(evaluate_dir: Path) -> dict[str, list[bool]]:
+    """Per model (evaluate's display name), its per-question verdicts in eval order."""
+    out: dict[str, list[bool]] = {}
+    path = evaluate_dir / "outputs.jsonl"
+    if path.is_file():
+        for _, o in iter_jsonl(path):
+            out.setdefault(o["model"], []).append(bool(o["correct"]))
+    return out
+
+
+def _vs_teacher_line(ev: list[dict[str, Any]], verdicts: dict[str, list[bool]]) -> str:
+    """Each student's paired accuracy difference from the teacher's greedy answers, 95% interval."""
+    teacher = next((verdicts.get(r["name"]) for r in ev if r.get("kind") == "teacher"), None)
+    if not teacher:
+        return ""
+    parts = []
+    for r in ev:
+        mine = verdicts.get(r["name"])
+        if r.get("kind") in ("student_fp", "student_finished", "artifact") and mine and len(mine) == len(teacher):
+            mean, lo, hi = paired_difference([mine], [teacher])
+            parts.append(f"{r['name']} {mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+    return (
+        ("vs the teacher's greedy answers (points, 95% CI over questions): " + "; ".join(parts) + "\n\n")
+        if parts
+        else ""
+    )
 
 
 def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -> str:
@@ -76,7 +107,8 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
 
     weights = list(RunFolder(runs["train"].dir / "run").model.glob("*.safetensors"))
     fp_size = f"{sum(w.stat().st_size for w in weights) / 1e6:.0f} MB (fp32)" if weights else "-"
-    lines = ["| | accuracy (eval) | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
+    verdicts = _verdicts(runs["evaluate"].dir)
+    lines = ["| | accuracy (eval) [95% CI] | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
     rows = []
     for r in ev:
         kind, name, shown = r.get("kind"), r["name"], r["name"]
@@ -88,6 +120,10 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
             shown = f"student after, {fmt} {r['quant']}"  # "student after, Q4_K_M" -> "student after, GGUF Q4_K_M"
         else:  # the fp32 transformers models (not benchmarked: not shipped)
             ttft, e2e, size = "-", "-", fp_size
+        ci, bounds = "", None
+        if verdicts.get(name):
+            _, lo, hi = accuracy_interval(verdicts[name])
+            ci, bounds = f" [{lo:.1%}, {hi:.1%}]", [lo, hi]
         rows.append(
             {
                 "name": name,
@@ -96,12 +132,13 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
                 "accuracy": r["accuracy"],
                 "correct": r["correct"],
                 "total": r["total"],
+                "ci95": bounds,  # bootstrap over questions
                 "ttft": ttft,
                 "e2e_p99": e2e,
                 "size": size,
             }
         )
-        lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}) | {ttft} | {e2e} | {size} |")
+        lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}){ci} | {ttft} | {e2e} | {size} |")
     acc = {r["kind"]: r["accuracy"] for r in ev if r.get("kind") != "artifact"}
     teacher, fp = acc.get("teacher"), acc.get("student_fp")
     ret = []
@@ -125,6 +162,12 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         f"top-1 {v['top1_agree']:.1%}, pref {pref(v)})"
         for k, v in (align.get("per_artifact") or {}).items()
     )
+    best = teacher_best_of_n(runs["label"].dir / "kto.jsonl") if "label" in runs else None
+    if best:
+        ret.append(
+            f"teacher best-of-n on the training prompts (any accepted sample): "
+            f"{best[0] / best[1]:.1%} ({best[0]}/{best[1]})"
+        )
     cand = _candidates_table(exp.get("selection"), be)
     rounds = _rounds_line(runs)
     tr = runs["train"].result.get("final", {})
@@ -135,6 +178,7 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
         + "\n".join(lines)
         + "\n\n"
         + ("; ".join(ret) + "\n\n" if ret else "")
+        + _vs_teacher_line(ev, verdicts)
         + f"alignment gate: {gate or 'not run'}\n\n"
         + cand
         + f"training: final loss {tr.get('loss', float('nan')):.4f}, "

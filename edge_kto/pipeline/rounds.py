@@ -136,6 +136,7 @@ def run_round(inp: RoundInputs, d: Path, deps: dict[str, Any], progress: bool) -
         model=str(previous),
         out=str(run.root),
         sft_steps=0,  # the previous round is the start and the reference; nothing to warm up
+        sft_from=None,
         epochs=r.epochs,
         max_steps=r.max_steps,
         lr=r.lr,

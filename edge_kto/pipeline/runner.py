@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -148,7 +148,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     ]
     trained = "train"  # the stage holding the current student: train, then each on-policy round
     for k in range(1, cfg.rounds.count + 1):
-        inputs = RoundInputs(cfg.rounds, cfg.train, k, cfg.generate.max_new_tokens)
+        # count=k: round k is the same work whether k or more rounds follow (its key must not change)
+        inputs = RoundInputs(replace(cfg.rounds, count=k), cfg.train, k, cfg.generate.max_new_tokens)
         out.append(Stage(f"round{k}", inputs, (f"previous={trained}", "generate"), run_round))
         trained = f"round{k}"
     student = "train" if trained == "train" else f"train={trained}"

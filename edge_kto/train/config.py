@@ -60,6 +60,9 @@ class TrainConfig:
     # KTO reference is the SFT model, as the paper's SFT-then-KTO recipe has it).
     sft_steps: int = 0
     sft_lr: float = 2e-4
+    # Or reuse one: another run's ``sft_adapter/`` folder, merged instead of training a new warm start,
+    # so several KTO settings start from the very same SFT model (benchmarks/distill_ablation.py).
+    sft_from: str | None = None
     # Run folder.
     save_steps: int = 50
     keep_checkpoints: int = 2
@@ -91,6 +94,8 @@ class TrainConfig:
             errs.append("beta: must be > 0")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             errs.append("desirable_weight/undesirable_weight: must be > 0")
+        if self.sft_from and not (Path(self.sft_from) / "adapter_config.json").is_file():
+            errs.append(f"sft_from: {self.sft_from} holds no adapter_config.json (expected a run's sft_adapter/)")
         if self.precision not in ("auto", "fp32", "bf16"):
             errs.append(f"precision: auto, fp32 or bf16, got {self.precision!r}")
         if errs:

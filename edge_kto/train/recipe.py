@@ -150,7 +150,7 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
     # 2. The student: base (+ merged SFT warm start), then a fresh LoRA adapter for KTO.
     base, _ = load_model(cfg.model, dtype=torch.float32)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    if cfg.sft_steps:
+    if cfg.sft_steps or cfg.sft_from:
         base = sft_warm_start(base.to(acc.device), examples, cfg, acc, run, pad_id, progress)
     if cfg.gradient_checkpointing:
         base.activation_checkpointing_enable({"use_reentrant": False})

@@ -3,7 +3,7 @@
 Users often run SFT then KTO. Merging the SFT adapter before KTO's adapter is attached makes
 the adapter-disabled reference *the SFT model*, which is what KTO's reference should be. The
 SFT adapter is saved in the run folder (``sft_adapter/``); a resumed run reloads it instead of
-training it again.
+training it again, and ``sft_from`` points another run at it (one SFT, several KTO settings).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def sft_warm_start(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    saved = run_dir / "sft_adapter"
+    saved = Path(cfg.sft_from) if cfg.sft_from else run_dir / "sft_adapter"
     if (saved / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(model, str(saved)).merge_and_unload()
 

@@ -161,16 +161,14 @@ def teacher_greedy(cfg: Any, task: Any, progress: bool) -> dict[str, Any] | None
 def best_of_n(cfg: Any, progress: bool) -> dict[str, Any] | None:
     """The teacher's best-of-n on the training prompts (any of its ``generate.n`` samples accepted)."""
     from edge_kto.label import teacher_best_of_n
+    from edge_kto.pipeline.runner import Runner, plan
 
-    runs = _stages(_no_rounds(cfg), progress)  # cached: generate and label only
-    got = teacher_best_of_n(runs["label"].dir / "kto.jsonl")
+    r = Runner(Path(cfg.out), progress)
+    for stage in plan(cfg):
+        if stage.name in ("generate", "label"):  # cached by then; nothing is trained for this
+            r.run(stage)
+    got = teacher_best_of_n(r.runs["label"].dir / "kto.jsonl")
     return None if got is None else {"prompts_ok": got[0], "prompts": got[1], "n": cfg.generate.n}
-
-
-def _no_rounds(cfg: Any) -> Any:
-    c = copy.deepcopy(cfg)
-    c.rounds.count = 0
-    return c
 
 
 def markdown(rep: dict[str, Any]) -> str:

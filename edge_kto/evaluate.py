@@ -85,6 +85,20 @@ def eval_artifact(
     return score_answers(name, task, answers, time.perf_counter() - t0)
 
 
+def _golden_for_eval(bundle: Path, task: Task, max_new_tokens: int) -> tuple[dict, list[dict], list[str]] | None:
+    """(manifest, golden rows, eval keys) when the bundle's golden set was decoded with the eval's token
+    budget, else None. A key is a prompt's chat messages, the field golden rows and eval items share."""
+    from edge_kto_runtime import open_bundle
+    from edge_kto_runtime.check import read_golden
+
+    manifest = open_bundle(bundle, verify=False).manifest
+    golden = manifest.get("golden") or {}
+    if golden.get("max_new_tokens") != max_new_tokens:
+        return None
+    rows = read_golden(Path(bundle) / golden["path"])
+    return manifest, rows, [json.dumps(to_messages(it.prompt, task.system)) for it in task.eval]
+
+
 def gate_answers(path: Path, bundle: Path, task: Task, max_new_tokens: int) -> dict[str, list[str]]:
     """Per artifact, its greedy answers to the eval split as the export gate decoded them, in task order.
 
@@ -93,16 +107,10 @@ def gate_answers(path: Path, bundle: Path, task: Task, max_new_tokens: int) -> d
     are exactly what :func:`eval_artifact` would decode, so they are scored instead. Returns {} (decode
     again) when the file is missing or anything differs.
     """
-    from edge_kto_runtime import open_bundle
-    from edge_kto_runtime.check import read_golden
-
-    if not path.is_file():
+    found = _golden_for_eval(bundle, task, max_new_tokens) if path.is_file() else None
+    if found is None:
         return {}
-    golden = open_bundle(bundle, verify=False).manifest.get("golden") or {}
-    if golden.get("max_new_tokens") != max_new_tokens:
-        return {}
-    rows = read_golden(Path(bundle) / golden["path"])
-    keys = [json.dumps(to_messages(it.prompt, task.system)) for it in task.eval]
+    _, rows, keys = found
     out = {}
     for art, answers in json.loads(path.read_text()).items():
         if len(answers) != len(rows):
@@ -111,3 +119,22 @@ def gate_answers(path: Path, bundle: Path, task: Task, max_new_tokens: int) -> d
         if all(k in by_prompt for k in keys):
             out[art] = [by_prompt[k] for k in keys]
     return out
+
+
+def golden_fp_answers(bundle: Path, task: Task, max_new_tokens: int, fp_run: Path) -> list[str] | None:
+    """The fp student's greedy answers to the eval split, from the bundle's golden set, in task order.
+
+    The golden set holds the greedy answer of the training run's fp model to every golden prompt
+    (batched transformers decoding with the golden budget, what :func:`eval_teacher` does for an
+    HF model); when the bundle was made from ``fp_run`` with the eval's budget and the golden
+    prompts cover the eval split, those answers are scored instead of decoding again. None otherwise.
+    """
+    found = _golden_for_eval(bundle, task, max_new_tokens)
+    if found is None:
+        return None
+    manifest, rows, keys = found
+    run = (manifest.get("training") or {}).get("run")
+    if not run or Path(run).resolve() != Path(fp_run).resolve():
+        return None
+    by_prompt = {json.dumps(r["messages"]): r["greedy_text"].strip() for r in rows}
+    return [by_prompt[k] for k in keys] if all(k in by_prompt for k in keys) else None

@@ -12,8 +12,10 @@ from conftest import write_jsonl
 
 from edge_kto.check import CheckConfig, run_check
 from edge_kto.export import ExportConfig, run_export
-from edge_kto_runtime.check import kl_full, kl_topk, run_device_check
+from edge_kto.export.golden import detail_rows
+from edge_kto_runtime.check import check_artifact, kl_full, kl_topk, run_device_check
 from edge_kto_runtime.model import load
+from edge_kto_runtime.verifiers import get_verifier
 
 
 def _log_softmax(x):
@@ -117,6 +119,23 @@ def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_
         assert d["kld_mean"] <= s["kld_mean"] + 1e-9  # a lower bound of the full KL...
         assert d["kld_mean"] >= 0.75 * s["kld_mean"] - 1e-3  # ...and close to it with k = 16 (stated tolerance)
 
+    # A golden set with log-probs on some rows only (export's golden_detail_limit): KL, top-1 and the
+    # preference pairs come from those rows, greedy match and task accuracy from every row.
+    keep = detail_rows(len(golden), 2)
+    assert keep == {0, 2}
+    part = [
+        g if i in keep else {k: v for k, v in g.items() if k not in ("top_logprobs", "completions")}
+        for i, g in enumerate(golden)
+    ]
+    with load(tmp_path / "b", artifact="model-q8_0.gguf", verify=False) as m:
+        full = check_artifact(m, golden, get_verifier("contains_all"), max_new_tokens=32)
+        sub = check_artifact(m, part, get_verifier("contains_all"), max_new_tokens=32)
+        only = check_artifact(m, [golden[i] for i in sorted(keep)], get_verifier("contains_all"), max_new_tokens=32)
+    assert sub["positions"] == only["positions"] == sum(len(golden[i]["greedy_ids"]) for i in keep)
+    assert sub["kld_mean"] == only["kld_mean"] and sub["pairs"] == only["pairs"] == 2
+    assert sub["task_acc"] == full["task_acc"] and sub["greedy_match"] == full["greedy_match"]
+    assert [r["answer"] for r in sub["rows"]] == [r["answer"] for r in full["rows"]]
+
     # A bundle whose chat template was swapped: same weights, but the device would feed other ids.
     swapped = tmp_path / "swapped"
     shutil.copytree(tmp_path / "b", swapped)
@@ -129,3 +148,29 @@ def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_
         CheckConfig(bundle=str(swapped), reference=str(smol.hf_dir), artifacts=["model-q8_0.gguf"]), progress=False
     )
     assert not out.passed and "chat template / tokenizer" in " ".join(out.results[0]["failures"])
+
+
+def test_golden_detail_rows_are_the_full_rows_and_the_rest_hold_the_greedy_answer(tiny_model_dir, kto_rows):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edge_kto.export.golden import build_golden, read_golden_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = read_golden_prompts(kto_rows, limit=5)
+    full = build_golden(model, tok, prompts, max_new_tokens=6, progress=False, batch_size=2, exported=model)
+    part = build_golden(
+        model, tok, prompts, max_new_tokens=6, progress=False, batch_size=2, exported=model, detail_limit=2
+    )
+    keep = detail_rows(len(prompts), 2)
+    assert len(part) == len(full) == 5 and keep == {0, 2} and detail_rows(5, None) == detail_rows(5, 9) == set(range(5))
+    for i, (f, p) in enumerate(zip(full, part)):
+        assert p["greedy_ids"] == f["greedy_ids"] and p["greedy_text"] == f["greedy_text"]
+        if i in keep:
+            for key in ("top_logprobs", "exported_top_logprobs"):  # the same positions, batched with other rows
+                a, b = np.array(p[key]), np.array(f[key])
+                assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+            logps = [c["logp"] for c in f["completions"]]
+            assert [c["logp"] for c in p["completions"]] == pytest.approx(logps, abs=1e-4)
+        else:
+            assert not {"top_logprobs", "exported_top_logprobs", "completions"} & set(p)

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_kto.data import read_task
+from edge_kto.evaluate import eval_teacher
 from edge_kto.intervals import accuracy_interval
+from edge_kto.run_folder import RunFolder
+from edge_kto.teacher.base import TeacherConfig
 
 TASK = Path(__file__).resolve().parent.parent / "edge_kto" / "tasks" / "capitals"
 
@@ -96,6 +100,13 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
     # The artifact's accuracy is scored on the gate's answers (same budget), not decoded twice.
     ev = json.loads(next((out / "stages").glob("evaluate-*/done.json")).read_text())["result"]["results"]
     assert [r.get("answers") for r in ev if r["kind"] == "artifact"] == ["export gate"]
+    # The fp student's accuracy is scored on the golden set's greedy answers (the export decoded them
+    # with the same budget), and they are what a fresh decode of the eval split answers.
+    (fp_row,) = [r for r in ev if r["kind"] == "student_fp"]
+    assert fp_row["answers"] == "golden set"
+    fp_model = RunFolder(next((out / "stages").glob("train-*/run"))).model
+    fresh = eval_teacher("fp", TeacherConfig(kind="hf", model=str(fp_model)), read_task(TASK), False, 12)
+    assert [o["answer"] for o in verdicts if o["model"] == fp_row["name"]] == [o["answer"] for o in fresh.outputs]
 
     # 3. A third run changes nothing: every stage cached.
     p = _run([str(cfg), "--quiet"])

@@ -15,6 +15,12 @@ Per prompt (token ids from the HF tokenizer's chat template, the ids every backe
   number in a reference phrase changed, or the phrase removed). Whole-answer pairs are separated
   by hundreds of nats, so their order never flips under quantization; a near miss differs by a
   token or two -- exactly what 4-bit rounding of a memorised fact breaks.
+
+Task accuracy needs many prompts (one question is 0.5 points of 200) but only a greedy answer per
+prompt; KL, top-1 and preference pairs are measured per token and reach thousands of positions on
+a few dozen prompts, at several forward passes per prompt on each side. ``detail_limit`` keeps the
+log-probs and completions on that many rows, spread evenly over the set (every intent of a task
+whose eval file is grouped by intent); the other rows carry the greedy answer only.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ def _top_logprobs(
     """fp top-k log-probs at each position a greedy token was chosen; the LM head only runs there."""
     from ..train.logps import causal_lm_parts
 
+    if not prompts:
+        return []
     backbone, head = causal_lm_parts(model)
     width = max(len(p) + len(g) for p, g in zip(prompts, greedy))
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -181,11 +189,13 @@ def build_golden(
     progress: bool = True,
     batch_size: int = 16,
     exported: Any = None,
+    detail_limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch).
 
     ``exported``: the fp model the artifacts are made from, when it is not ``model`` (a finished
-    student); its top-k on the same positions goes into ``exported_top_logprobs``."""
+    student); its top-k on the same positions goes into ``exported_top_logprobs``.
+    ``detail_limit``: only the rows :func:`detail_rows` picks get log-probs and completions."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -193,20 +203,28 @@ def build_golden(
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     rows: list[dict[str, Any]] = []
+    detail = detail_rows(len(prompts), detail_limit)
     bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
         pids = [chat_ids(tok, g.messages) for g in chunk]
         greedy = greedy_ids(model, pids, max_new_tokens, pad_id, eos_ids)
-        tops = _top_logprobs(model, pids, greedy, top_k)
-        exp_tops = _top_logprobs(exported.eval(), pids, greedy, top_k) if exported is not None else None
+        sel = [j for j in range(len(chunk)) if s + j in detail]  # the rows that carry log-probs
+        tops = dict(zip(sel, _top_logprobs(model, [pids[j] for j in sel], [greedy[j] for j in sel], top_k)))
+        exp_tops = (
+            dict(zip(sel, _top_logprobs(exported.eval(), [pids[j] for j in sel], [greedy[j] for j in sel], top_k)))
+            if exported is not None
+            else {}
+        )
         comps = [
             [(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
             + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]
-            for g, p in zip(chunk, pids)
+            if j in tops
+            else []
+            for j, (g, p) in enumerate(zip(chunk, pids))
         ]
         logps = iter(_summed_logps(model, [(p, c[2]) for p, cs in zip(pids, comps) for c in cs], pad_id))
-        for j, (g, p, gr, top, cs) in enumerate(zip(chunk, pids, greedy, tops, comps)):
+        for j, (g, p, gr, cs) in enumerate(zip(chunk, pids, greedy, comps)):
             row: dict[str, Any] = {
                 "id": g.id,
                 "messages": g.messages,
@@ -214,9 +232,10 @@ def build_golden(
                 "reference": g.reference,
                 "greedy_ids": gr,
                 "greedy_text": tok.decode(gr, skip_special_tokens=True),
-                "top_logprobs": top,
             }
-            if exp_tops is not None:
+            if j in tops:
+                row["top_logprobs"] = tops[j]
+            if j in exp_tops:
                 row["exported_top_logprobs"] = exp_tops[j]
             if cs:
                 row["completions"] = [
@@ -233,6 +252,13 @@ def build_golden(
         bar.update(len(chunk))
     bar.close()
     return rows
+
+
+def detail_rows(n: int, limit: int | None) -> set[int]:
+    """Which of ``n`` golden rows carry log-probs and completions: all, or ``limit`` evenly spaced."""
+    if limit is None or limit >= n:
+        return set(range(n))
+    return {i * n // limit for i in range(max(limit, 0))}
 
 
 def kto_examples_to_golden(rows: list[KTOExample]) -> list[GoldenPrompt]:

@@ -63,6 +63,9 @@ class ExportConfig:
     calibration_limit: int = 256  # rows
     golden_data: str | None = None  # task folder (eval split), prompt file or KTO rows; default: the run's data
     golden_limit: int = 32
+    # of those, the rows that also get fp log-probs and scored completions (KL, top-1, preference pairs),
+    # spread evenly; the rest carry the greedy answer only (task accuracy). None: every row.
+    golden_detail_limit: int | None = None
     golden_max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS
     golden_top_k: int = 16
     golden_verifier: str | None = None  # task accuracy in the check; default: the task folder's verifier
@@ -390,13 +393,23 @@ def _build_golden(
     exported = None
     if source.hf_dir.resolve() != source.reference_dir.resolve():
         exported = AutoModelForCausalLM.from_pretrained(str(source.hf_dir), dtype=torch.float32)
-    rows = build_golden(model, tok, prompts, cfg.golden_max_new_tokens, cfg.golden_top_k, progress, exported=exported)
+    rows = build_golden(
+        model,
+        tok,
+        prompts,
+        cfg.golden_max_new_tokens,
+        cfg.golden_top_k,
+        progress,
+        exported=exported,
+        detail_limit=cfg.golden_detail_limit,
+    )
     write_jsonl_atomic(tmp / "golden.jsonl", rows)
     timings["golden_s"] = time.perf_counter() - t
     return {
         "path": "golden.jsonl",
         **file_entry(tmp / "golden.jsonl"),
         "rows": len(rows),
+        "detail_rows": sum(1 for r in rows if "top_logprobs" in r),
         "source": str(src),
         "top_k": cfg.golden_top_k,
         "max_new_tokens": cfg.golden_max_new_tokens,

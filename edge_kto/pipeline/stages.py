@@ -213,7 +213,7 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
     """Task accuracy of every model on the eval split; each row says what it scored (``kind``, ``artifact``)."""
     from edge_kto_runtime import open_bundle
 
-    from ..evaluate import eval_artifact, eval_teacher, gate_answers, score_answers
+    from ..evaluate import eval_artifact, eval_teacher, gate_answers, golden_fp_answers, score_answers
 
     task, e = inp.task.load(), inp.evaluate
     mx = e.max_new_tokens
@@ -235,14 +235,17 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
         model = TeacherConfig(kind="hf", model=str(RunFolder(deps[f"round{k}"].dir / "run").model))
         r = eval_teacher(f"student after round {k} (fp)", model, task, False, mx)
         results.append((r, {"kind": "student_round", "round": k}))
-    fp_dir = RunFolder(deps["train"].dir / "run").model
-    last = f", round {len(rounds)}" if rounds else ""
-    results.append(
-        (
-            eval_teacher(f"student after KTO (fp{last})", TeacherConfig(kind="hf", model=str(fp_dir)), task, False, mx),
-            {"kind": "student_fp", **({"round": len(rounds)} if rounds else {})},
-        )
-    )
+    fp_run = deps["train"].dir / "run"
+    bundle = deps["export"].dir / "bundle"
+    name, what = f"student after KTO (fp{', round ' + str(len(rounds)) if rounds else ''})", {"kind": "student_fp"}
+    if rounds:
+        what["round"] = len(rounds)
+    golden = golden_fp_answers(bundle, task, mx, fp_run)  # the export decoded these greedy answers already
+    if golden is not None:
+        results.append((score_answers(name, task, golden, 0.0), {**what, "answers": "golden set"}))
+    else:
+        fp = TeacherConfig(kind="hf", model=str(RunFolder(fp_run).model))
+        results.append((eval_teacher(name, fp, task, False, mx), what))
     if inp.finished and e.finished:  # the finished weights in torch: what 4-bit should reproduce
         fin = TeacherConfig(kind="hf", model=str(RunFolder(deps["finish"].dir / "finish", FINISH).model))
         results.append(
@@ -251,7 +254,6 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
                 {"kind": "student_finished"},
             )
         )
-    bundle = deps["export"].dir / "bundle"
     gate = gate_answers(deps["export"].dir / GATE_ANSWERS, bundle, task, mx)
     for art in open_bundle(bundle, verify=False).artifacts:
         name, what = f"student after, {art.quant}", {"kind": "artifact", "artifact": art.path, "quant": art.quant}

@@ -4,7 +4,8 @@ One eval question is 1/N of the accuracy (1.25 points at N = 80, 0.5 at 200), so
 between two models is a claim only when its interval excludes 0. Both intervals resample the
 *questions* (seeded, 10,000 resamples): the accuracy of one model, and the paired difference of two
 models answered on the same questions. Several training seeds enter the paired difference as the
-per-question difference averaged over seeds, so seed noise and question noise are both in it.
+per-question difference averaged over seeds: seed noise enters through those averages, but the seeds
+themselves are not resampled, so when seeds disagree the interval is narrower than one over seeds.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ __all__ = [
     "run_label",
     "summarize_labels",
     "teacher_best_of_n",
+    "STUDENT_SOURCES",
     "get_verifier",
     "parse_verdict",
     "BUILTIN",
@@ -205,6 +206,10 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
     return LabelResult(Path(cfg.out), summary_path, summary)
 
 
+#: ``source`` of rows the student produced: sampled in torch (label, rounds) or rated on a device.
+STUDENT_SOURCES = ("student", "device")
+
+
 def teacher_best_of_n(kto_path: Path) -> tuple[int, int] | None:
     """(prompts with at least one accepted teacher sample, prompts) in a labelled file: the teacher's
     best-of-n, the ceiling of what its data can show the student. None without teacher rows."""
@@ -212,7 +217,7 @@ def teacher_best_of_n(kto_path: Path) -> tuple[int, int] | None:
         return None
     ok: dict[str, bool] = {}
     for _, r in iter_jsonl(kto_path):
-        if r.get("source") in ("student", "device"):
+        if r.get("source") in STUDENT_SOURCES:
             continue
         pid = str(r.get("prompt_id", r["id"]))
         ok[pid] = ok.get(pid, False) or bool(r["label"])

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..intervals import accuracy_interval, paired_difference
 from ..jsonl import iter_jsonl
-from ..label import teacher_best_of_n
+from ..label import STUDENT_SOURCES, teacher_best_of_n
 from ..run_folder import RunFolder
 
 
@@ -79,9 +79,9 @@ def _rounds_line(runs: dict[str, Any]) -> str:
         if not name.startswith("round"):
             continue
         src = (run.result.get("label") or {}).get("by_source", {})
-        mine = [v for k, v in src.items() if k in ("student", "device")]  # sampled in torch, or the device's thumbs
+        mine = [v for k, v in src.items() if k in STUDENT_SOURCES]  # sampled in torch, or the device's thumbs
         own = {c: sum(v[c] for v in mine) for c in ("desirable", "undesirable")}
-        teacher = [v for k, v in src.items() if k not in ("student", "device")]
+        teacher = [v for k, v in src.items() if k not in STUDENT_SOURCES]
         t_d, t_u = sum(v["desirable"] for v in teacher), sum(v["undesirable"] for v in teacher)
         fin = run.result.get("final", {})
         parts.append(

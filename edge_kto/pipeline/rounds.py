@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..label import STUDENT_SOURCES
 from ..run_folder import RunFolder
 from ..teacher.base import SamplingParams
 from ..train import TrainConfig
@@ -77,7 +78,7 @@ def _seed(inp: RoundInputs) -> int:
 
 def _mix(rows: list[dict], fraction: float, seed: int) -> list[dict]:
     """Every student row of the round, and a seeded share of the teacher's labelled rows."""
-    teacher = [i for i, r in enumerate(rows) if r.get("source") not in ("student", "device")]
+    teacher = [i for i, r in enumerate(rows) if r.get("source") not in STUDENT_SOURCES]
     drop = set(random.Random(seed).sample(teacher, len(teacher) - round(fraction * len(teacher))))
     return [r for i, r in enumerate(rows) if i not in drop]
 

@@ -6,6 +6,8 @@ rounds, KTO-only -- each over several seeds, fp accuracy on the task's eval spli
         --task edge_kto/tasks/voltride_support --seeds 0,1,2
     python benchmarks/distill_ablation.py --methods sft,sft_kto --variant apo:loss_type=apo_zero_unpaired \
         --variant beta05:beta=0.5 --seeds 0,1,2   # other KTO settings on each seed's own SFT model
+    python benchmarks/distill_ablation.py --methods sft,sft_kto,sft_kto_r1 \
+        --round teacher_fraction=0             # rounds on the student's own answers only
     python benchmarks/distill_ablation.py --quick      # CI: the tiny student on capitals, 2 seeds
 
 The stages are the pipeline's own, in ``OUT`` (default ``runs/ablation-<task>``): generation and
@@ -109,6 +111,19 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     if not name or not over:
         raise SystemExit(f"--variant {spec!r}: expected NAME:key=value,...")
     return name, over
+
+
+def parse_round(spec: str) -> tuple[str, Any]:
+    """``key=value`` -> a ``rounds:`` setting (a :class:`RoundsSection` field), value read as a YAML scalar."""
+    import yaml
+
+    from edge_kto.pipeline.rounds import RoundsSection
+
+    key, eq, value = spec.partition("=")
+    if not eq or key.strip() not in RoundsSection.__dataclass_fields__:
+        keys = ", ".join(RoundsSection.__dataclass_fields__)
+        raise SystemExit(f"--round {spec!r}: expected key=value with a rounds key ({keys})")
+    return key.strip(), yaml.safe_load(value)
 
 
 def run_seed(
@@ -219,6 +234,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     cfg.out = a.runs or str(ROOT / "runs" / f"ablation-{Path(cfg.task).name}")
     for k, v in (a.rounds or {}).items():
         setattr(cfg.rounds, k, v)
+    cfg.rounds.validate()
     for k, v in (a.train or {}).items():
         setattr(cfg.train, k, v)
     variants = dict(parse_variant(s) for s in a.variant or [])
@@ -260,7 +276,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "seeds": seeds,
         "methods": methods,
         "variants": variants,
-        "rounds": {k: getattr(cfg.rounds, k) for k in ("samples", "temperature", "teacher_fraction", "epochs", "lr")},
+        "rounds": {
+            k: getattr(cfg.rounds, k)
+            for k in ("samples", "temperature", "teacher_fraction", "epochs", "lr", "nll_weight")
+        },
         "results": results,
         "teacher": teacher,
         "teacher_best_of_n": best_of_n(cfg, a.progress),
@@ -281,12 +300,16 @@ def main() -> int:
         action="append",
         help="NAME:key=value,... another KTO setting on each seed's SFT model, e.g. apo:loss_type=apo_zero_unpaired",
     )
+    ap.add_argument(
+        "--round", action="append", help="key=value: a rounds setting of the on-policy methods, e.g. teacher_fraction=0"
+    )
     ap.add_argument("--runs", help="stage folder (default runs/ablation-<task>)")
     ap.add_argument("--out", help="JSON (default benchmarks/results/distill_ablation_<task>.json)")
     ap.add_argument("--quick", action="store_true", help="CI: quick.yaml's capitals task, a tiny student, 2 seeds")
     ap.add_argument("--quiet", dest="progress", action="store_false")
     a = ap.parse_args()
-    a.rounds = a.train = None
+    a.rounds = dict(parse_round(s) for s in a.round or [])
+    a.train = None
     if a.quick:
         from transformers import AutoTokenizer
 
@@ -300,7 +323,8 @@ def main() -> int:
             tok = AutoTokenizer.from_pretrained(fetch_model("smollm2-135m-instruct", progress=False).hf_dir)
             make_tiny_llama(str(student), tok)
         a.student = str(student)
-        a.rounds = {"samples": 1, "max_steps": 2}
+        # the tiny random student's answers are all wrong: the teacher's rows give its rounds both labels
+        a.rounds = {"samples": 1, "max_steps": 2, "teacher_fraction": 1.0, **a.rounds}
         a.train = {"sft_steps": 2}
     rep = run(a)
     md = markdown(rep)

@@ -142,6 +142,7 @@ _TRAIN_HELP = {  # TrainConfig field -> flag help (every scalar field gets a fla
     "desirable_weight": "lambda_D",
     "undesirable_weight": "lambda_U",
     "loss_type": "kto | apo_zero_unpaired",
+    "nll_weight": "+ this x NLL per token of the desirable rows (iterative RPO's anchor; 0: the paper's KTO)",
     "batch_size": "global micro-batch (all processes)",
     "grad_accum": "micro-batches per optimizer step",
     "epochs": "passes over the data",

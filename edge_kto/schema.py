@@ -18,6 +18,11 @@ from edge_kto_runtime.errors import InvalidInput
 
 T = TypeVar("T")
 
+# Field metadata of an option added after run folders exist: while it holds its default it is left
+# out of a pipeline stage's cache key (edge_kto.pipeline.runner.key_material), so adding the option
+# keeps every stage cached before it existed.
+KEY_OMITS_DEFAULT = {"key": "omitted at default"}
+
 
 def _type_name(tp: Any) -> str:
     if tp is type(None):

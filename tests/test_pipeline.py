@@ -192,7 +192,8 @@ def test_device_feedback_round_real_server_http_sqlite_export_and_kill_resume(tm
     ``edge-runtime feedback export --bundle`` gives the round's rows. kill -9 in the middle of the
     ratings: the rerun asks only what was not rated, no row is lost or duplicated."""
     cfg = _yaml(tmp_path, tiny_model_dir, max_steps=2)
-    cfg.write_text(cfg.read_text() + "rounds: {count: 1, source: device, samples: 2, max_steps: 2}\n")
+    rounds = "rounds: {count: 1, source: device, samples: 2, max_steps: 2, teacher_fraction: 1.0}"
+    cfg.write_text(cfg.read_text() + rounds + "\n")
     out = tmp_path / "run"
     proc = _run([str(cfg), "--quiet"])
     deadline = time.time() + 900

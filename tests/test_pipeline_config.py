@@ -117,6 +117,24 @@ def test_round_k_is_cached_whatever_number_of_rounds_follows(tmp_path):
     assert one["export"] != two["export"]  # the last round is what ships
 
 
+def test_an_option_added_later_keeps_the_cached_stages_while_at_its_default(tmp_path):
+    """``nll_weight`` (train, rounds) came after run folders existed: at its default it is not in any
+    key (so the stages cached before it stay valid); set, it reruns the stage that reads it."""
+    from dataclasses import asdict
+
+    from edge_kto.pipeline.runner import key_material, plan
+
+    base = _load(tmp_path, "rounds: {count: 1}")
+    train = next(s for s in plan(base) if s.name == "train")
+    mat = key_material(train.inputs)
+    assert "nll_weight" not in json.dumps(mat)
+    assert {k: v for k, v in asdict(train.inputs.train).items() if k != "nll_weight"} == mat["train"]
+    keys = plan_keys(base)
+    assert plan_keys(_load(tmp_path, "rounds: {count: 1, nll_weight: 0.5}"))["train"] == keys["train"]
+    assert plan_keys(_load(tmp_path, "rounds: {count: 1, nll_weight: 0.5}"))["round1"] != keys["round1"]
+    assert plan_keys(_load(tmp_path, "train: {nll_weight: 0.5}\nrounds: {count: 1}"))["train"] != keys["train"]
+
+
 def test_the_task_folder_is_keyed_by_content_not_by_path(tmp_path):
     import shutil
 
@@ -201,3 +219,14 @@ def test_the_feedback_pipeline_is_the_demo_plus_a_device_round():
     a, b = plan_keys(demo), plan_keys(fb)
     assert all(a[s] == b[s] for s in ("generate", "generate_eval", "label", "label_eval", "train"))
     assert "round1" in b and a["export"] != b["export"]
+
+
+def test_a_round_of_one_label_is_refused_with_the_fix_named():
+    """``teacher_fraction: 0`` (the default) trains on the student's own rows only; when they are all one
+    label the round stops before training and says which settings give both."""
+    from edge_kto.pipeline.rounds import _both_classes
+
+    _both_classes([{"label": True}, {"label": False}], 1)
+    for rows, what in (([{"label": False}] * 3, "3 rows, all undesirable"), ([], "no labelled rows")):
+        with pytest.raises(InvalidInput, match=f"round2: {what}.*teacher_fraction > 0"):
+            _both_classes(rows, 2)

@@ -92,6 +92,28 @@ def test_kto_loss_matches_the_paper_formula():
         kto_loss(pol, ref, labels, z0, loss_type="dpo")
 
 
+def test_the_nll_anchor_is_trls_chosen_cross_entropy_per_token():
+    """``nll_weight``: KTO + weight x the desirable rows' NLL per token -- what TRL's ``rpo_alpha`` adds
+    to DPO (cross-entropy over the chosen tokens); undesirable rows and padding are not in it."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    token_logps = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    pol = (token_logps * mask).sum(1)
+    labels = torch.tensor([True, False, True])
+    ref, z0 = pol.detach() - 0.3, torch.tensor(0.0, dtype=torch.float64)
+    plain = kto_loss(pol, ref, labels, z0, beta=0.1, completion_tokens=mask.sum(1))
+    anchored = kto_loss(pol, ref, labels, z0, beta=0.1, nll_weight=0.5, completion_tokens=mask.sum(1))
+    chosen = mask & labels[:, None]
+    trl_nll = torch.nn.functional.cross_entropy(logits[chosen], targets[chosen])  # mean over chosen tokens
+    assert anchored.nll.item() == pytest.approx(trl_nll.item(), rel=1e-12) == pytest.approx(plain.nll.item())
+    assert anchored.loss.item() == pytest.approx(plain.loss.item() + 0.5 * trl_nll.item(), rel=1e-12)
+    assert torch.equal(anchored.losses, plain.losses)  # per-row KTO values are unchanged
+    with pytest.raises(ValueError, match="completion_tokens"):
+        kto_loss(pol, ref, labels, z0, nll_weight=0.5)
+
+
 def test_completion_logps_equal_a_full_log_softmax(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

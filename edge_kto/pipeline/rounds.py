@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..jsonl import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from ..label import STUDENT_SOURCES
 from ..run_folder import RunFolder
+from ..schema import KEY_OMITS_DEFAULT
 from ..teacher.base import SamplingParams
 from ..train import TrainConfig
 
@@ -40,10 +41,15 @@ class RoundsSection:
     serve_quant: str = "Q8_0"  # source device: the GGUF type the round's student is served as
     samples: int = 4  # the current student's answers per training prompt
     temperature: float = 0.8
-    teacher_fraction: float = 1.0  # share of the teacher's candidates mixed in (seeded subsample)
+    # Share of the teacher's labelled rows mixed in (seeded subsample). 0: the student's own answers only --
+    # measured better on both tasks (benchmarks/RESULTS.md, "On-policy rounds"): the teacher's rows were
+    # trained on already, and a second pass over them overtrains as a second KTO epoch does.
+    teacher_fraction: float = 0.0
     epochs: float = 1.0
     lr: float = 5e-5  # lower than the first KTO pass: a round corrects, it does not relearn
     max_steps: int | None = None
+    # NLL anchor on the round's desirable rows (TrainConfig.nll_weight); None: the training stage's value.
+    nll_weight: float | None = field(default=None, metadata=KEY_OMITS_DEFAULT)
 
     def validate(self) -> None:
         from edge_kto_runtime.errors import InvalidInput
@@ -59,6 +65,8 @@ class RoundsSection:
             errs.append("teacher_fraction: must be within [0, 1]")
         if self.temperature <= 0:
             errs.append("temperature: must be > 0 (greedy answers repeat: one row per prompt at most)")
+        if self.nll_weight is not None and self.nll_weight < 0:
+            errs.append("nll_weight: must be >= 0")
         if errs:
             raise InvalidInput("rounds: " + "; ".join(errs))
 
@@ -129,6 +137,7 @@ def run_round(inp: RoundInputs, d: Path, deps: dict[str, Any], progress: bool) -
         )
         rows += [{**row, "round": inp.index} for _, row in iter_jsonl(res.out)]
         rows = _mix(rows, r.teacher_fraction, _seed(inp))
+        _both_classes(rows, inp.index)
         write_json_atomic(d / "kto.summary.json", summarize_labels(rows))
         write_jsonl_atomic(data, rows)
     tc = replace(
@@ -141,11 +150,29 @@ def run_round(inp: RoundInputs, d: Path, deps: dict[str, Any], progress: bool) -
         epochs=r.epochs,
         max_steps=r.max_steps,
         lr=r.lr,
+        nll_weight=inp.train.nll_weight if r.nll_weight is None else r.nll_weight,
         seed=inp.train.seed + inp.index,
     )
     has_ckpt = run.has_checkpoint()
     report = run_train(tc, resume=has_ckpt, force=not has_ckpt, progress=progress).report
     return {**report, "label": _read_summary(d)}
+
+
+def _both_classes(rows: list[dict], index: int) -> None:
+    """The trainer refuses data of one label only; refuse the round first, saying how to get both."""
+    from edge_kto_runtime.errors import InvalidInput
+
+    labels = {bool(r["label"]) for r in rows}
+    if len(labels) < 2:
+        what = (
+            "no labelled rows"
+            if not labels
+            else f"{len(rows)} rows, all {'desirable' if True in labels else 'undesirable'}"
+        )
+        raise InvalidInput(
+            f"round{index}: {what}; KTO needs both labels -- sample more (rounds.samples, rounds.temperature) "
+            "or mix in the teacher's labelled rows (rounds.teacher_fraction > 0)"
+        )
 
 
 def _read_summary(d: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..jsonl import write_atomic, write_json_atomic
 from ..run_folder import RunFolder
+from ..schema import KEY_OMITS_DEFAULT
 from . import stages
 from .config import PipelineConfig
 from .report import report as make_report
@@ -54,12 +55,30 @@ class Stage:
 
 
 def key_material(inputs: Any) -> dict[str, Any]:
-    """What a stage's key hashes: its inputs as data, a task folder by content (not by path)."""
-    d: dict[str, Any] = {}
-    for f in dataclasses.fields(inputs):
-        v = getattr(inputs, f.name)
-        d[f.name] = v.key() if isinstance(v, stages.TaskRef) else asdict(v) if dataclasses.is_dataclass(v) else v
-    return d
+    """What a stage's key hashes: its inputs as data, a task folder by content (not by path).
+
+    A field whose metadata is ``KEY_OMITS_DEFAULT`` is left out while it holds its default, so an
+    option added later does not invalidate the stages cached before it existed."""
+    return {f.name: v.key() if isinstance(v, stages.TaskRef) else _key_data(v) for f, v in _key_fields(inputs)}
+
+
+def _key_fields(obj: Any) -> list[tuple[dataclasses.Field, Any]]:
+    return [
+        (f, getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if not (f.metadata == KEY_OMITS_DEFAULT and getattr(obj, f.name) == f.default)
+    ]
+
+
+def _key_data(v: Any) -> Any:
+    """``dataclasses.asdict`` without the omitted defaults (same nesting, so older keys are unchanged)."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _key_data(x) for f, x in _key_fields(v)}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_key_data(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _key_data(x) for k, x in v.items()}
+    return v
 
 
 def _hash(obj: Any) -> str:

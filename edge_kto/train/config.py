@@ -9,6 +9,7 @@ from typing import Any
 
 from edge_kto_runtime.errors import InvalidInput
 
+from ..schema import KEY_OMITS_DEFAULT
 from .loss import LOSS_TYPES
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -35,6 +36,8 @@ class TrainConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     loss_type: str = "kto"  # or "apo_zero_unpaired"
+    # > 0: + nll_weight x NLL per token of the desirable rows (iterative RPO's anchor; 0 = the paper's KTO).
+    nll_weight: float = field(default=0.0, metadata=KEY_OMITS_DEFAULT)
     # Optimisation. batch_size is the global micro-batch (all processes together).
     batch_size: int = 8
     grad_accum: int = 1
@@ -92,6 +95,8 @@ class TrainConfig:
             errs.append("epochs: must be > 0")
         if self.beta <= 0:
             errs.append("beta: must be > 0")
+        if self.nll_weight < 0:
+            errs.append("nll_weight: must be >= 0")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             errs.append("desirable_weight/undesirable_weight: must be > 0")
         if self.sft_from and not (Path(self.sft_from) / "adapter_config.json").is_file():

@@ -8,6 +8,12 @@ estimated from mismatched pairs and averaged over every process.
     loss     = mean(lambda_y - v(x, y))
 
 ``apo_zero_unpaired`` (arXiv 2408.06266) drops z0: desirable 1 - sigmoid(beta r), undesirable sigmoid(beta r).
+
+``nll_weight`` > 0 adds ``nll_weight * NLL`` of the desirable completions (mean over their tokens): the
+anchor of iterative RPO (Pang et al. 2024, arXiv 2404.19733; TRL's ``rpo_alpha`` for DPO). Without it a
+preference loss on near-miss pairs can lower the desirable answers' own likelihood (their reward goes
+negative while the margin grows), as the demo task's teacher-mixed on-policy round did. 0 is the paper's
+KTO; on that task's best round setting the anchor did not help (benchmarks/RESULTS.md, "On-policy rounds").
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ class KTOLossOutput:
     loss: torch.Tensor  # scalar, mean over this process's rows
     kl: torch.Tensor  # z0 (detached, global)
     rewards: torch.Tensor  # beta * r per row (detached)
-    losses: torch.Tensor  # per-row weighted loss, in input order
+    losses: torch.Tensor  # per-row weighted KTO loss, in input order (the NLL term is not in it)
+    nll: torch.Tensor  # NLL per desirable token (detached; 0 without desirable rows or completion_tokens)
 
 
 def estimate_z0(
@@ -70,8 +77,12 @@ def kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     loss_type: str = "kto",
+    nll_weight: float = 0.0,
+    completion_tokens: torch.Tensor | None = None,
 ) -> KTOLossOutput:
-    """Per-row KTO losses for summed completion log-probs; ``labels`` is a bool tensor (True = desirable)."""
+    """Per-row KTO losses for summed completion log-probs; ``labels`` is a bool tensor (True = desirable).
+
+    ``completion_tokens`` (tokens summed into each row's log-prob) is needed when ``nll_weight`` > 0."""
     if loss_type not in LOSS_TYPES:
         raise InvalidInput(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     labels = labels.bool()
@@ -84,4 +95,19 @@ def kto_loss(
         desirable = 1 - F.sigmoid(beta * r)
         undesirable = F.sigmoid(beta * r)
     losses = torch.where(labels, desirable_weight * desirable, undesirable_weight * undesirable)
-    return KTOLossOutput(loss=losses.mean(), kl=z0.detach(), rewards=(beta * r).detach(), losses=losses)
+    if completion_tokens is None and nll_weight:
+        raise InvalidInput("nll_weight > 0 needs completion_tokens (the token count behind each row's log-prob)")
+    nll = (
+        policy_logps.new_zeros(())
+        if completion_tokens is None
+        else desirable_nll(policy_logps, labels, completion_tokens)
+    )
+    loss = losses.mean() + nll_weight * nll if nll_weight else losses.mean()
+    return KTOLossOutput(loss=loss, kl=z0.detach(), rewards=(beta * r).detach(), losses=losses, nll=nll.detach())
+
+
+def desirable_nll(policy_logps: torch.Tensor, labels: torch.Tensor, completion_tokens: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood per token of the desirable completions (TRL's ``nll_loss`` on chosen);
+    logged whatever ``nll_weight``: its rise during training is the desirable answers losing likelihood."""
+    d = labels.bool()
+    return -(policy_logps[d].sum()) / completion_tokens[d].sum().clamp(min=1).to(policy_logps.dtype)

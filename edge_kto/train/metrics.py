@@ -28,6 +28,7 @@ _FIELDS = (
     "rejected_logps",
     "n_rejected",
     "tokens",
+    "nll_sum",
 )
 
 
@@ -48,6 +49,7 @@ class StepAccumulator:
         labels: torch.Tensor,
         tokens: int,
         kl_raw: torch.Tensor | None = None,
+        nll: torch.Tensor | None = None,
     ) -> None:
         d, u = labels.bool(), ~labels.bool()
         vals = [
@@ -63,6 +65,7 @@ class StepAccumulator:
             logps.detach()[u].double().sum(),
             float(u.sum()),
             float(tokens),
+            0.0 if nll is None else nll.detach().double(),
         ]
         self.sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in vals])
 
@@ -80,6 +83,8 @@ class StepAccumulator:
             "logps/rejected": div(v["rejected_logps"], v["n_rejected"]),
             "rows": int(v["rows"]),
             "tokens": int(v["tokens"]),
+            # the NLL term (nll_weight > 0): per desirable token, averaged over micro-batches and processes
+            "nll": div(v["nll_sum"], v["kl_n"]),
         }
         both = out["rewards/chosen"] is not None and out["rewards/rejected"] is not None
         out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"] if both else None

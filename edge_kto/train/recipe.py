@@ -256,9 +256,11 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
             desirable_weight=cfg.desirable_weight,
             undesirable_weight=cfg.undesirable_weight,
             loss_type=cfg.loss_type,
+            nll_weight=cfg.nll_weight,
+            completion_tokens=batch.completion_mask[:, 1:].sum(dim=1),  # the positions CompletionLogps sums
         )
         acc.backward(out.loss / cfg.grad_accum)
-    acc_stats.add(out.losses, out.kl, out.rewards, logps, batch.labels, batch.tokens, kl_raw)
+    acc_stats.add(out.losses, out.kl, out.rewards, logps, batch.labels, batch.tokens, kl_raw, out.nll)
 
 
 def _metrics_log(s: TrainState) -> AppendLog | None:

@@ -128,3 +128,22 @@ def test_completion_logps_equal_a_full_log_softmax(tiny_model_dir):
         full = model(input_ids=ids, attention_mask=att).logits.log_softmax(-1)
     want = (full[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) * comp[:, 1:]).sum(-1)
     assert torch.allclose(ours, want, atol=1e-9)
+
+
+def test_the_logged_nll_averages_only_micro_batches_with_desirable_rows():
+    """A micro-batch of undesirable rows only has no NLL to measure; counting it as 0 would halve the log."""
+    from edge_kto.train.metrics import StepAccumulator
+
+    acc, zero, losses = StepAccumulator(torch.device("cpu")), torch.tensor(0.0), torch.tensor([0.5, 0.5])
+    acc.add(
+        losses,
+        zero,
+        torch.zeros(2),
+        torch.tensor([-2.0, -3.0]),
+        torch.tensor([True, False]),
+        10,
+        zero,
+        torch.tensor(0.4),
+    )
+    acc.add(losses, zero, torch.zeros(2), torch.tensor([-2.0, -3.0]), torch.tensor([False, False]), 10, zero, zero)
+    assert acc.reduce(None, 1)["nll"] == pytest.approx(0.4)

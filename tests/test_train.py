@@ -4,6 +4,7 @@ kill -9 + resume, bad input, NaN guard, SFT warm start, reference cache."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -55,9 +56,25 @@ def _cfg(tmp_path: Path, model: Path, data: Path, **kw) -> TrainConfig:
         warmup_ratio=0.0,
         cache_dir=str(tmp_path / "refcache"),
         plot=False,
+        # fp32: these tests compare numbers across process counts, resumes and reference paths to 1e-5;
+        # "auto" is bf16 on a CPU with native bf16 (test_bf16_and_fp32_runs_follow_each_other_in_one_process)
+        precision="fp32",
     )
     base.update(kw)
     return TrainConfig.from_dict(base)
+
+
+def test_bf16_and_fp32_runs_follow_each_other_in_one_process(tmp_path, tiny_model_dir, data):
+    """Autocast is the trainer's own, so a bf16 run after an fp32 one in the same process is not refused
+    (accelerate fixes its mixed_precision once per process), and bf16 training gives finite numbers."""
+    for precision in ("fp32", "bf16", "fp32"):
+        cfg = _cfg(tmp_path / precision, tiny_model_dir, data, max_steps=2, precision=precision, merge=False)
+        res = run_train(cfg, progress=False, force=True)
+        rows = [json.loads(x) for x in res.metrics_path.read_text().splitlines()]
+        assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+        assert json.loads((tmp_path / precision / "run" / "config.json").read_text())["mixed_precision"] == (
+            "bf16" if precision == "bf16" else "no"
+        )
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -183,6 +200,8 @@ def test_two_processes_give_the_same_z0_loss_and_adapter_as_one(tmp_path, tiny_m
         "3e-3",
         "--warmup-ratio",
         "0",
+        "--precision",
+        "fp32",  # the numbers are compared to 1e-5
         "--quiet",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
@@ -268,6 +287,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_di
         "1e-3",
         "--warmup-ratio",
         "0",
+        "--precision",
+        "fp32",  # as _cfg: compared with the straight run
         "--save-steps",
         str(every),
         "--cache-dir",

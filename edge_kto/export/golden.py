@@ -37,6 +37,7 @@ from edge_kto_runtime.defaults import GOLDEN_MAX_NEW_TOKENS
 
 from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
 from ..jsonl import iter_jsonl
+from ..models.greedy import greedy_decode
 
 
 @dataclass
@@ -75,25 +76,6 @@ def _completion_ids(tok: Any, messages: list[dict], prompt_ids: list[int], text:
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=True)
     full = list(full["input_ids"] if hasattr(full, "keys") else full)
     return split_completion(prompt_ids, full, tok.eos_token_id)[1]  # the training rule (edge_kto_runtime.completion)
-
-
-@torch.no_grad()
-def greedy_ids(
-    model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: set[int]
-) -> list[list[int]]:
-    """Batched greedy decoding (left padding); each row cut after its first EOS."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        att[i, width - len(p) :] = 1
-    out = model.generate(ids, attention_mask=att, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-    rows = []
-    for r in out[:, width:].tolist():
-        cut = next((k + 1 for k, t in enumerate(r) if t in eos_ids), len(r))
-        rows.append(r[:cut])
-    return rows
 
 
 @torch.no_grad()
@@ -191,7 +173,8 @@ def build_golden(
     exported: Any = None,
     detail_limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Golden rows for ``prompts``, in batches (one batched generate + one forward per batch).
+    """Golden rows for ``prompts``: every greedy answer first (:func:`greedy_decode`, its own batches),
+    then the log-probs and completion scores in batches of ``batch_size``.
 
     ``exported``: the fp model the artifacts are made from, when it is not ``model`` (a finished
     student); its top-k on the same positions goes into ``exported_top_logprobs``.
@@ -204,18 +187,18 @@ def build_golden(
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     rows: list[dict[str, Any]] = []
     detail = detail_rows(len(prompts), detail_limit)
+    all_pids = [chat_ids(tok, g.messages) for g in prompts]
+    if progress:
+        print(f"golden set: greedy answers to {len(prompts)} prompts", flush=True)
+    all_greedy = greedy_decode(model, all_pids, max_new_tokens, pad_id, eos_ids)
     bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
-        pids = [chat_ids(tok, g.messages) for g in chunk]
-        greedy = greedy_ids(model, pids, max_new_tokens, pad_id, eos_ids)
+        pids, greedy = all_pids[s : s + batch_size], all_greedy[s : s + batch_size]
         sel = [j for j in range(len(chunk)) if s + j in detail]  # the rows that carry log-probs
-        tops = dict(zip(sel, _top_logprobs(model, [pids[j] for j in sel], [greedy[j] for j in sel], top_k)))
-        exp_tops = (
-            dict(zip(sel, _top_logprobs(exported.eval(), [pids[j] for j in sel], [greedy[j] for j in sel], top_k)))
-            if exported is not None
-            else {}
-        )
+        sel_p, sel_g = [pids[j] for j in sel], [greedy[j] for j in sel]
+        tops = dict(zip(sel, _top_logprobs(model, sel_p, sel_g, top_k)))
+        exp_tops = dict(zip(sel, _top_logprobs(exported.eval(), sel_p, sel_g, top_k))) if exported is not None else {}
         comps = [
             [(text, label, _completion_ids(tok, g.messages, p, text), None) for text, label in (g.completions or [])]
             + [(miss, False, _completion_ids(tok, g.messages, p, miss), k) for k, miss in (g.hard or [])]

@@ -96,12 +96,16 @@ def _student_samples(cfg: OnPolicyConfig, rows: list[dict], progress: bool, stud
         )
     out = []
     items = list(prompts.items())
+    # greedy answers do not depend on the batch: one call, greedy_decode forms its own (larger) batches
+    step = len(items) if cfg.sampling.temperature <= 0 else student.batch_size
     try:
-        for start in tqdm(range(0, len(items), student.batch_size), desc="student samples", disable=not progress):
-            chunk = items[start : start + student.batch_size]
+        for start in tqdm(range(0, len(items), step), desc="student samples", disable=not progress):
+            chunk = items[start : start + step]
             reqs = [GenRequest(pid, r["prompt"], list(range(cfg.sampling.n))) for pid, r in chunk]
             for (pid, r), texts in zip(chunk, student.generate(reqs, cfg.sampling)):
                 for k, text in enumerate(texts):
+                    if not text.strip():  # no answer is not a row (a KTO row needs a completion)
+                        continue
                     out.append(
                         {
                             "id": f"{pid}#s{k}",

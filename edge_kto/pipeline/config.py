@@ -39,6 +39,9 @@ class LabelSection:
     student_samples: int = 2  # per training prompt (0: teacher answers only)
     student_temperature: float = 0.8
     eval_student_samples: int = 1  # per eval prompt: the golden set's preference pairs
+    # their temperature (None: student_temperature); 0 gives the untrained student's greedy answers,
+    # which evaluate then scores as "student before" instead of decoding them a second time
+    eval_student_temperature: float | None = None
 
 
 @dataclass

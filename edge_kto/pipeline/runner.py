@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..jsonl import write_atomic, write_json_atomic
+from ..precision import resolve_precision
 from ..run_folder import RunFolder
 from ..schema import KEY_OMITS_DEFAULT
 from . import stages
@@ -140,6 +141,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     task = stages.TaskRef(cfg.task, task_fingerprint(cfg.task), cfg.limit)
     finished = cfg.finish is not None
     label = cfg.label
+    # "auto" precision resolved here, on this machine: a stage's key records which arithmetic it ran
+    train = replace(cfg.train, precision=resolve_precision(cfg.train.precision))
     out = [
         Stage("generate", stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train"), (), stages.generate),
         Stage(
@@ -158,22 +161,26 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         Stage(
             "label_eval",
             stages.LabelInputs(
-                cfg.student, label.eval_student_samples, label.student_temperature, cfg.generate.max_new_tokens
+                cfg.student,
+                label.eval_student_samples,
+                label.student_temperature if label.eval_student_temperature is None else label.eval_student_temperature,
+                cfg.generate.max_new_tokens,
             ),
             ("generate_eval",),
             stages.label,
         ),
-        Stage("train", stages.TrainInputs(cfg.train, cfg.student), ("label",), stages.train),
+        Stage("train", stages.TrainInputs(train, cfg.student), ("label",), stages.train),
     ]
     trained = "train"  # the stage holding the current student: train, then each on-policy round
     for k in range(1, cfg.rounds.count + 1):
         # count=k: round k is the same work whether k or more rounds follow (its key must not change)
-        inputs = RoundInputs(replace(cfg.rounds, count=k), cfg.train, k, cfg.generate.max_new_tokens)
+        inputs = RoundInputs(replace(cfg.rounds, count=k), train, k, cfg.generate.max_new_tokens)
         out.append(Stage(f"round{k}", inputs, (f"previous={trained}", "generate"), run_round))
         trained = f"round{k}"
     student = "train" if trained == "train" else f"train={trained}"
     if finished:  # quantization-aware finishing: the export then ships its on-grid weights
-        out.append(Stage("finish", stages.FinishInputs(cfg.finish), (student, "label"), stages.finish))
+        finish = replace(cfg.finish, precision=resolve_precision(cfg.finish.precision))
+        out.append(Stage("finish", stages.FinishInputs(finish), (student, "label"), stages.finish))
     upstream = (student, "finish") if finished else (student,)
     # evaluate scores every earlier round too: "round0" is the training stage, the last round is "train"
     history = tuple("round0=train" if k == 0 else f"round{k}" for k in range(cfg.rounds.count))
@@ -182,7 +189,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         Stage(
             "evaluate",
             stages.EvaluateInputs(cfg.evaluate, task, cfg.teacher, cfg.student, cfg.generate_eval, finished),
-            (*upstream, "export", "generate_eval", *history),
+            (*upstream, "export", "generate_eval", "label_eval", *history),
             stages.evaluate,
         ),
         Stage("bench", stages.BenchInputs(cfg.bench, cfg.teacher, task), ("export",), stages.bench),

@@ -199,6 +199,27 @@ def _teacher_from_generate_eval(gen_eval: Any, sampling: SamplingParams, task: A
     return score_answers("teacher (with context)", task, [by_id[it.id] for it in task.eval], gen_eval.seconds)
 
 
+def _student_before_from_label_eval(label_eval: Any, task: Any, max_new_tokens: int):
+    """The untrained student's greedy eval answers, when label_eval drew exactly those.
+
+    With ``label: {eval_student_temperature: 0}`` label_eval decodes the untrained student greedily
+    on every eval prompt with the same budget, which is all "student before" needs. Returns None
+    when it did not (sampled answers, another budget, or a prompt whose answer was deduplicated away).
+    """
+    from ..evaluate import score_answers
+    from ..jsonl import iter_jsonl
+
+    by_id: dict[str, str] = {}
+    for _, row in iter_jsonl(label_eval.dir / "kto.jsonl"):
+        sp = row.get("sampling") or {}
+        greedy = sp.get("temperature", 1.0) <= 0 and sp.get("max_new_tokens") == max_new_tokens
+        if row.get("source") == "student" and greedy:
+            by_id.setdefault(row["prompt_id"], row["completion"])
+    if any(it.id not in by_id for it in task.eval):
+        return None
+    return score_answers("student before", task, [by_id[it.id] for it in task.eval], 0.0)
+
+
 @dataclass(frozen=True)
 class EvaluateInputs:
     evaluate: EvaluateSection
@@ -224,12 +245,10 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
         )
         results.append((r, {"kind": "teacher"}))
     if e.student_before:
-        results.append(
-            (
-                eval_teacher("student before", TeacherConfig(kind="hf", model=inp.student), task, False, mx),
-                {"kind": "student_before"},
-            )
-        )
+        r = _student_before_from_label_eval(deps["label_eval"], task, mx)
+        what = {"kind": "student_before", **({"answers": "label_eval"} if r is not None else {})}
+        r = r or eval_teacher("student before", TeacherConfig(kind="hf", model=inp.student), task, False, mx)
+        results.append((r, what))
     rounds = sorted((int(k[5:]) for k in deps if k.startswith("round")))  # earlier on-policy rounds, if any
     for k in rounds:  # accuracy round over round: 0 is the recipe's training, the last one follows below
         model = TeacherConfig(kind="hf", model=str(RunFolder(deps[f"round{k}"].dir / "run").model))

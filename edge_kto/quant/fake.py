@@ -43,17 +43,34 @@ def q4_0_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def q4_0_dequantized(w: torch.Tensor) -> torch.Tensor:
-    """``w`` rounded onto the Q4_0 grid (same shape, fp32): what llama.cpp will compute with."""
-    q, d = q4_0_codes(w)
-    return (q * d).reshape(w.shape)
+    """``w`` rounded onto the Q4_0 grid (same shape, fp32): what llama.cpp will compute with.
+
+    :func:`q4_0_codes` then ``q * d``, bit for bit, computed faster: finishing calls this on every
+    weight at every step (SmolLM2-135M: 0.49 s of a 3 s step with q4_0_codes' ops)."""
+    if w.dim() != 2 or w.shape[1] % BLOCK:
+        return (lambda q, d: (q * d).reshape(w.shape))(*q4_0_codes(w))  # q4_0_codes names the error
+    blocks = w.detach().float().reshape(w.shape[0], -1, BLOCK)
+    # the value of largest magnitude from amax/amin (argmax over 32-wide rows is slow on CPU); where
+    # +x and -x both reach it, llama.cpp's first one, by argmax on those blocks only
+    hi, lo = blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True)
+    m = torch.where(hi >= -lo, hi, lo)
+    tie = (hi == -lo) & (hi != 0)
+    if tie.any():
+        m = torch.where(tie, blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)), m)
+    d = m / -8.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    t = blocks * inv
+    # t + 8.5 lies in [0.5, 16.5]: floor is trunc there (and 3x faster)
+    t.add_(8.5).floor_().clamp_(max=15.0).sub_(8.0).mul_(d.half().float())
+    return t.reshape(w.shape)
 
 
 def fake_quantize(w: torch.Tensor, fmt: str = "q4_0") -> torch.Tensor:
     """Quantize-dequantize with a straight-through gradient (d w^/d w = 1)."""
     if fmt != "q4_0":
         raise ValueError(f"unknown fake-quant format {fmt!r}; known: {list(FORMATS)}")
-    w_hat = q4_0_dequantized(w).to(w.dtype)
-    return w + (w_hat - w).detach()
+    delta = q4_0_dequantized(w).to(w.dtype).sub_(w.detach())  # w_hat - w, in the fresh w_hat's buffer
+    return w + delta
 
 
 def q8_0_activations(x: torch.Tensor) -> torch.Tensor:

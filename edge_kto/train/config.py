@@ -9,6 +9,7 @@ from typing import Any
 
 from edge_kto_runtime.errors import InvalidInput
 
+from ..precision import PRECISIONS
 from ..schema import KEY_OMITS_DEFAULT
 from .loss import LOSS_TYPES
 
@@ -55,7 +56,8 @@ class TrainConfig:
     max_prompt_length: int = 256
     group_by_length: bool = True
     # Compute.
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16"
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32 (edge_kto.precision)
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     precompute_ref: bool = True
     cache_dir: str | None = None  # reference log-prob cache; default $EDGE_KTO_CACHE/ref
@@ -101,8 +103,8 @@ class TrainConfig:
             errs.append("desirable_weight/undesirable_weight: must be > 0")
         if self.sft_from and not (Path(self.sft_from) / "adapter_config.json").is_file():
             errs.append(f"sft_from: {self.sft_from} holds no adapter_config.json (expected a run's sft_adapter/)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            errs.append(f"precision: auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            errs.append(f"precision: one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if errs:
             raise InvalidInput("invalid training config:\n  " + "\n  ".join(errs))
 

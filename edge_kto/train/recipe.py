@@ -27,6 +27,7 @@ from edge_kto_runtime.errors import InputExists, InvalidInput
 from ..data import read_kto
 from ..jsonl import AppendLog, write_json_atomic, write_jsonl_atomic
 from ..models import load_model, load_tokenizer
+from ..precision import autocast, resolve_precision, use_training_attention
 from ..resume import check_same_job, job_record
 from ..run_folder import RunFolder
 from .batches import Batch, collate, pad_pairs, plan_batches, total_micro_steps
@@ -97,9 +98,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, force: bool = False, progr
 
 
 def _mixed_precision(cfg: TrainConfig) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    return "bf16" if cfg.precision == "bf16" else "no"
+    """accelerate's name for :func:`edge_kto.precision.resolve_precision` (``no`` = fp32)."""
+    return "bf16" if resolve_precision(cfg.precision) == "bf16" else "no"
 
 
 RESUME_MAY_CHANGE = ("out", "plot", "keep_checkpoints", "save_steps", "cache_dir", "merge")  # bookkeeping, not results
@@ -128,7 +128,9 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
 
     cfg.validate()
     # cpu=True is what lets accelerate see a torchrun/accelerate-launch world on a machine without GPUs (gloo).
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=not torch.cuda.is_available())
+    # Autocast is ours (edge_kto.precision), not accelerate's: accelerate fixes mixed_precision once per
+    # process, and a second run_train in the same process with another precision would be refused.
+    acc = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     if cfg.batch_size % acc.num_processes:
         raise InvalidInput(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})"
@@ -149,6 +151,7 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
 
     # 2. The student: base (+ merged SFT warm start), then a fresh LoRA adapter for KTO.
     base, _ = load_model(cfg.model, dtype=torch.float32)
+    base = use_training_attention(base.to(acc.device))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if cfg.sft_steps or cfg.sft_from:
         base = sft_warm_start(base.to(acc.device), examples, cfg, acc, run, pad_id, progress)
@@ -173,7 +176,7 @@ def setup_training(cfg: TrainConfig, resume: bool = False, force: bool = False, 
                     [(examples[p].prompt_ids, examples[c].completion_ids) for p, c in batch], pad_id, cfg.max_length
                 )
             )
-            with torch.no_grad(), model.disable_adapter(), acc.autocast():
+            with torch.no_grad(), model.disable_adapter(), autocast(cfg.precision, acc.device.type):
                 return module(ids, att, comp)
 
         key = cache_key(fingerprint, examples, seqs, _mixed_precision(cfg))
@@ -226,7 +229,7 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
     policy = acc.unwrap_model(s.module)  # no-grad forwards bypass DDP
     prompts = batch.index.tolist()
     kl_partner = batch.kl_index.tolist()
-    with torch.no_grad(), acc.autocast():
+    with torch.no_grad(), autocast(cfg.precision, device.type):
         if s.reference is not None:
             ref_logps = s.reference.lookup(prompts, prompts, device)
             ref_kl = s.reference.lookup(prompts, kl_partner, device) if cfg.loss_type == "kto" else None
@@ -245,7 +248,7 @@ def _micro_step(s: TrainState, batch: Batch, last: bool, acc_stats: StepAccumula
             z0 = kl_raw.clamp(min=0)  # = estimate_z0: the paper's max(0, .)
     sync = contextlib.nullcontext() if last else acc.no_sync(s.module)
     with sync:
-        with acc.autocast():
+        with autocast(cfg.precision, device.type):
             logps = s.module(batch.input_ids, batch.attention_mask, batch.completion_mask)
         out = kto_loss(
             logps,

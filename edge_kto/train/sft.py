@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..jsonl import AppendLog
+from ..precision import autocast
 from .batches import pad_pairs, plan_batches
 from .config import TrainConfig
 from .logps import CompletionLogps
@@ -93,7 +94,7 @@ def sft_warm_start(
                 [(examples[i].prompt_ids, examples[i].completion_ids) for i in mine], pad_id, cfg.max_length
             )
         )
-        with accelerator.autocast():
+        with autocast(cfg.precision, accelerator.device.type):
             logps = module(ids, att, comp)
         n_tokens = comp[:, 1:].sum().clamp(min=1)
         loss = -logps.sum() / n_tokens  # mean NLL per completion token

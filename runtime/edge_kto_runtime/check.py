@@ -122,7 +122,9 @@ def check_artifact(
     kl_k, kl_f, top1, kl_student = [], [], [], []
     pref, margins_fp, margins_art, greedy_eq, hard, hard_fp = [], [], [], [], [], []
     acc_fp, acc_art, ids_match, per_row = [], [], [], []
-    for row in golden:
+    # every answer at once where the backend decodes many together (same answers as one at a time)
+    many = m.greedy_ids_many([row["prompt_ids"] for row in golden], max_new_tokens) if max_new_tokens else None
+    for k, row in enumerate(golden):
         p, g = row["prompt_ids"], row["greedy_ids"]
         ids_match.append(m.encode(row["messages"]) == p)  # the device's template + tokenizer give the trained ids
         if g and "top_logprobs" in row:  # rows past the golden set's detail_limit hold the greedy answer only
@@ -159,7 +161,7 @@ def check_artifact(
             row_hard = (m_fp, art_logp(gi) - art_logp(bi))
             hard.append((m_fp > 0) == (row_hard[1] > 0))
             hard_fp.append(abs(m_fp))
-        art_ids = _greedy_ids(m, p, max_new_tokens or max(len(g), 1))
+        art_ids = many[k] if many is not None else _greedy_ids(m, p, max_new_tokens or max(len(g), 1))
         greedy_eq.append(art_ids == g)
         art_text = m.cut_at_stop(m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace"))
         ok_fp = ok_art = None

@@ -110,6 +110,7 @@ class BatchedDecoder:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._prefix: list[int] = []
+        self._end_ids: set[int] | None = None
 
     # ------------------------------------------------------------ batch plumbing
 
@@ -145,10 +146,13 @@ class BatchedDecoder:
         top_p: float = 1.0,
         top_k: int = 0,
         prefix: list[int] | None = None,
+        end_ids: set[int] | None = None,
     ) -> Iterator[tuple[int, list[int]]]:
         """Yield ``(request index, answer ids)`` as each request finishes (not in request order).
 
-        An answer stops at an end-of-generation token (not included) or after ``max_new_tokens``.
+        An answer stops at an end-of-generation token (not included) or after ``max_new_tokens``;
+        with ``end_ids``, at one of those ids instead, kept as the answer's last token (what a loop
+        over :meth:`LlamaEngine.generate_ids` that stops at a tokenizer's EOS ids returns).
         ``prefix``: the ids every prompt starts with, evaluated once (default: their longest common
         prefix). Pass one that does not depend on which requests are in the call (the rendered system
         prompt) to make an answer independent of the other requests: a prompt evaluated as prefix +
@@ -169,6 +173,7 @@ class BatchedDecoder:
         if bad:
             raise ValueError(f"request {bad[0]}: its prompt does not extend the shared prefix of {len(prefix)} tokens")
         self._set_prefix(prefix)
+        self._end_ids = end_ids
         queue = deque(range(len(requests)))
         slots: list[_Slot | None] = [None] * self.n_parallel
         try:
@@ -224,7 +229,11 @@ class BatchedDecoder:
         for s, row in takes:
             slot = slots[s]
             tok = llama_cpp.llama_sampler_sample(slot.sampler, self.ctx, row)
-            if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
+            if self._end_ids is not None and tok in self._end_ids:
+                slot.out.append(tok)
+                yield self._finish(slots, s)
+                continue
+            if self._end_ids is None and llama_cpp.llama_vocab_is_eog(self.vocab, tok):
                 yield self._finish(slots, s)
                 continue
             slot.out.append(tok)

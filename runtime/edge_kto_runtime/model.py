@@ -382,6 +382,12 @@ class EdgeModel:
         """Ids straight from the backend (no template, stop strings or text): what latency and the gate time."""
         return self.backend.generate_ids(ids, max_new_tokens, temperature)
 
+    def greedy_ids_many(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]] | None:
+        """Greedy ids (ending with an EOS id, kept, or at ``max_new_tokens``) for many prompts decoded
+        together, where the backend can (llama.cpp); None where it cannot (decode one at a time)."""
+        many = getattr(self.backend, "greedy_many", None)
+        return many(prompts, max_new_tokens, set(self.eos_ids)) if many is not None else None
+
     def reset(self) -> None:
         """Forget cached state (KV), so the next request pays its whole prompt."""
         self.backend.reset()

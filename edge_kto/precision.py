@@ -3,9 +3,9 @@
 Why: bf16 autocast is the usual choice on a GPU, and on a CPU it pays off only where the CPU
 multiplies bf16 natively (AVX512-BF16, AMX). On the 2-core AMD EPYC (Zen 5) the demo is measured
 on, a 640 x 576 x 1536 matmul runs 4.2x faster in bf16 and one LoRA forward + backward of
-SmolLM2-135M 2.2-2.5x faster; on a CPU without those instructions bf16 is emulated and slower
-than fp32. ``auto`` therefore picks bf16 on CUDA and on such CPUs, fp32 elsewhere. The pipeline
-resolves ``auto`` before it hashes a stage's settings, so a stage's cache key says which one ran.
+SmolLM2-135M 2.2-2.5x faster; a CPU without those instructions has no bf16 dot product in
+hardware (not measured here), so ``auto`` picks bf16 on CUDA and on CPUs with it, fp32 elsewhere.
+The pipeline resolves ``auto`` before it hashes a stage's settings, so a stage's key says which ran.
 
 Attention for training on a CPU is the eager path: torch's CPU flash-attention kernel took 30% of
 a bf16 LoRA step of SmolLM2-135M on 8 x 140 tokens (its backward alone 23%); eager attention

@@ -15,6 +15,7 @@ from . import __version__
 from .cli_flags import add_config_flags, flag_fields, given_flags
 from .export import ExportConfig
 from .finish import FinishConfig
+from .generate import CoverageConfig
 from .label import LABELERS
 from .teacher.base import TEACHERS, TeacherConfig
 from .train import TrainConfig
@@ -79,6 +80,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         teacher_context=_read_text(a.teacher_context),
         split=a.split,
         limit=a.limit,
+        coverage=CoverageConfig(**given_flags(a, flag_fields(CoverageConfig))),
         progress=not a.quiet,
     )
     res = run_generate(cfg)
@@ -86,6 +88,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
         f"{res.out}: wrote {res.written} samples ({res.skipped} already done) for {res.prompts} prompts "
         f"with {res.teacher} in {res.seconds:.1f} s"
     )
+    if res.coverage:
+        c = res.coverage
+        print(
+            f"coverage: {c['covered']}/{c['prompts']} prompts have a passing answer "
+            f"({c['covered_unguided']} without reference guidance), {c['samples']} samples"
+        )
     return 0
 
 
@@ -437,6 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-context", help="text (or @file) seen by the teacher only")
     g.add_argument("--split", choices=["train", "eval"], default="train", help="for task folders")
     g.add_argument("--limit", type=int)
+    add_config_flags(
+        g,
+        CoverageConfig,
+        helps={
+            "accepted": "rejection sampling: passing answers wanted per prompt (task folders; 0 = off)",
+            "max_samples": "rejection sampling: samples per prompt at most",
+            "guided": "reference-guided samples for a prompt with no passing answer after max_samples",
+        },
+    )
     g.set_defaults(func=cmd_generate)
 
     lab = sub.add_parser("label", help="label candidates -> kto.jsonl + summary")

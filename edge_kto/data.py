@@ -49,6 +49,7 @@ class PromptItem:
     id: str
     prompt: Prompt
     reference: Any = None
+    intent: str | None = None  # optional label; items without one are grouped by their reference
 
 
 @dataclass
@@ -228,16 +229,18 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
             if rid in seen:
                 chk.bad(line, "id", f"implicit id {rid!r} collides with an explicit id")
             seen[rid] = line
-        p = obj.get("prompt")
+        p, intent = obj.get("prompt"), obj.get("intent")
+        if intent is not None and not isinstance(intent, str):
+            chk.bad(line, "intent", f"must be a string, got {type(intent).__name__}")
         if p is None:
             chk.bad(line, "prompt", "missing")
         elif isinstance(p, str):
             if not p.strip():
                 chk.bad(line, "prompt", "is empty")
             elif rid is not None:
-                out.append(PromptItem(rid, p, obj.get("reference")))
+                out.append(PromptItem(rid, p, obj.get("reference"), intent))
         elif chk.messages(line, "prompt", p) is not None and rid is not None:
-            out.append(PromptItem(rid, p, obj.get("reference")))
+            out.append(PromptItem(rid, p, obj.get("reference"), intent))
     if chk.issues:
         raise DataError(chk.issues)
     if not out:

@@ -16,6 +16,7 @@ from typing import Any
 from edge_kto_runtime.defaults import MAX_NEW_TOKENS
 from edge_kto_runtime.verifiers import get_verifier
 
+from .confusion import confusion_rule
 from .data import Task, to_messages
 from .generate import teacher_messages
 from .teacher.base import GenRequest, SamplingParams, TeacherConfig, make_teacher
@@ -29,23 +30,33 @@ class EvalResult:
     total: int
     seconds: float
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    confused: int | None = None  # wrong answers carrying another intent's facts (phrase verifiers only)
 
     def row(self) -> dict[str, Any]:
-        return {
+        row = {
             "name": self.name,
             "accuracy": self.accuracy,
             "correct": self.correct,
             "total": self.total,
             "seconds": round(self.seconds, 2),
         }
+        if self.confused is not None:
+            row.update(confused=self.confused, confusion_rate=self.confused / max(self.total, 1))
+        return row
 
 
 def score_answers(name: str, task: Task, answers: list[str], seconds: float) -> EvalResult:
-    """Verify ``answers`` (one per eval item, in order) with the task's verifier."""
-    verify = get_verifier(task.verifier)
-    outs = [{"id": it.id, "answer": a, "correct": bool(verify(a, it.reference))} for it, a in zip(task.eval, answers)]
+    """Verify ``answers`` (one per eval item, in order) with the task's verifier, and mark confusions."""
+    verify, rule = get_verifier(task.verifier), confusion_rule(task)
+    outs = []
+    for it, a in zip(task.eval, answers):
+        out = {"id": it.id, "answer": a, "correct": bool(verify(a, it.reference))}
+        if rule is not None:
+            out["confused_with"] = rule.foreign(it, a) if not out["correct"] else []
+        outs.append(out)
     correct = sum(o["correct"] for o in outs)
-    return EvalResult(name, correct / max(len(outs), 1), correct, len(outs), seconds, outs)
+    confused = None if rule is None else sum(bool(o["confused_with"]) for o in outs)
+    return EvalResult(name, correct / max(len(outs), 1), correct, len(outs), seconds, outs, confused)
 
 
 def eval_teacher(

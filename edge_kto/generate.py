@@ -7,6 +7,14 @@ and are never written twice.
 
 Context distillation: ``teacher_context`` (a knowledge text, an expert system prompt) is
 shown to the teacher only; each row's ``prompt`` is what the student will see.
+
+Coverage (rejection sampling, :class:`CoverageConfig`): a prompt whose answers do not yet include
+``accepted`` that pass the task's verifier is sampled again, its sample count doubling up to
+``max_samples``, so the budget goes to the prompts that lack a demonstration. Prompts still without
+one may get ``guided`` reference-guided samples: the teacher is also shown what a right answer must
+contain; those rows carry ``guided: true``. Which samples are asked for depends only on the verdicts
+of the earlier ones (each seeded by prompt id and sample index), so a killed run resumes to the
+same file.
 """
 
 from __future__ import annotations
@@ -19,9 +27,31 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from edge_kto_runtime.errors import InvalidInput
+from edge_kto_runtime.verifiers import get_verifier
+
 from .data import Messages, PromptItem, read_prompts, read_task, to_messages
 from .jsonl import AppendLog, write_jsonl_atomic
 from .teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
+
+
+@dataclass(frozen=True)
+class CoverageConfig:
+    """Rejection sampling until each training prompt has ``accepted`` answers the verifier passes."""
+
+    accepted: int = 0  # passing answers wanted per prompt; 0 = off (exactly sampling.n per prompt)
+    max_samples: int = 16  # per prompt, every round together (the first round is sampling.n)
+    guided: int = 0  # reference-guided samples for a prompt with no passing answer after max_samples
+
+    def validate(self) -> None:
+        for name in ("accepted", "max_samples", "guided"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInput(f"{name}: must be a whole number >= 0, got {v!r}")
+
+    @property
+    def on(self) -> bool:
+        return self.accepted > 0 or self.guided > 0
 
 
 @dataclass
@@ -34,6 +64,8 @@ class GenerateConfig:
     teacher_context: str | None = None  # seen by the teacher only
     split: str = "train"  # for task folders
     limit: int | None = None  # first N prompts only
+    extra_prompts: str | None = None  # a prompt JSONL added to a task's training prompts (augment's phrasings)
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)  # needs a task folder's verifier
     progress: bool = True
 
 
@@ -45,6 +77,7 @@ class GenerateResult:
     skipped: int
     seconds: float
     teacher: str
+    coverage: dict[str, Any] | None = None  # with a verifier: prompts with a passing answer, per intent
 
 
 def teacher_messages(prompt, system: str | None, teacher_context: str | None) -> Messages:
@@ -68,45 +101,144 @@ def run_generate(cfg: GenerateConfig, teacher: Teacher | None = None) -> Generat
     items, system, context, verifier = load_prompt_items(cfg)
     if cfg.limit:
         items = items[: cfg.limit]
+    if cfg.extra_prompts:
+        items = items + read_prompts(cfg.extra_prompts)
+    cov = cfg.coverage
+    cov.validate()
+    if cov.accepted and cov.max_samples < cfg.sampling.n:
+        raise InvalidInput(f"coverage: max_samples: {cov.max_samples} is below the first round's n={cfg.sampling.n}")
+    if cov.on and verifier is None:
+        raise InvalidInput("generate: coverage needs a task folder (its verifier decides which answers pass)")
     log = AppendLog(cfg.out)
     name = cfg.teacher.display_name() if teacher is None else teacher.name
     by_id = {it.id: it for it in items}
-    done = {
-        (r["prompt_id"], r["sample_index"]) for r in log.recover(_same_job(by_id, system, context, name, cfg.sampling))
-    }
-    wanted = range(cfg.sampling.n)
-    pending = []
-    for it in items:
-        missing = [k for k in wanted if (it.id, k) not in done]
-        if missing:
-            pending.append((it, GenRequest(it.id, teacher_messages(it.prompt, system, context), missing)))
-    skipped = len(items) * cfg.sampling.n - sum(len(r.sample_indices) for _, r in pending)
-    own_teacher = teacher is None
+    rows = log.recover(_same_job(by_id, system, context, name, cfg.sampling))
+    job = _Job(cfg, items, system, context, verifier, rows)
+    skipped = len(rows)
     written = 0
-    if pending:
-        teacher = teacher or make_teacher(cfg.teacher)
-        name = teacher.name
-        bar = tqdm(
-            total=sum(len(r.sample_indices) for _, r in pending),
-            desc=f"generate ({name})",
-            unit="sample",
-            disable=not cfg.progress,
-        )
-        try:
-            # Answers come back as they finish (a batched teacher finishes short ones first); each is
-            # saved at once, so a kill loses only the answers in flight.
-            for i, k, text in teacher.stream([r for _, r in pending], cfg.sampling):
-                log.append(_row(pending[i][0], k, text, system, name, cfg.sampling, verifier, context))
-                written += 1
-                bar.update(1)
-        finally:
-            bar.close()
-            log.close()
-            if own_teacher:
-                teacher.close()
+    own_teacher = teacher is None
+    try:
+        # Round 0 is sampling.n per prompt; with coverage on, later rounds ask only for what is missing.
+        while pending := job.pending():
+            teacher = teacher or make_teacher(cfg.teacher)
+            name = teacher.name
+            bar = tqdm(
+                total=sum(len(r.sample_indices) for _, r in pending),
+                desc=f"generate ({name}){job.round_name()}",
+                unit="sample",
+                disable=not cfg.progress,
+            )
+            try:
+                # Answers come back as they finish (a batched teacher finishes short ones first); each is
+                # saved at once, so a kill loses only the answers in flight.
+                for i, k, text in teacher.stream([r for _, r in pending], cfg.sampling):
+                    row = _row(
+                        pending[i][0], k, text, system, name, cfg.sampling, verifier, context, k >= job.guided_from
+                    )
+                    log.append(row)
+                    job.add(row)
+                    written += 1
+                    bar.update(1)
+            finally:
+                bar.close()
+    finally:
+        log.close()
+        if own_teacher and teacher is not None:
+            teacher.close()
     if log.path.exists():  # also when nothing was pending: a run killed after its last row, before sorting
         _sort_rows(log.path, {it.id: n for n, it in enumerate(items)})
-    return GenerateResult(Path(cfg.out), len(items), written, skipped, time.perf_counter() - t0, name)
+    return GenerateResult(Path(cfg.out), len(items), written, skipped, time.perf_counter() - t0, name, job.coverage())
+
+
+class _Job:
+    """Which samples a run still needs: round 0 (``sampling.n`` per prompt), then, with coverage on,
+    doubling rounds for prompts short of passing answers, then guided samples (indices from
+    ``max_samples``) for prompts with none. Decided from the rows alone, so a resumed run asks for
+    exactly what an uninterrupted one would."""
+
+    def __init__(self, cfg: GenerateConfig, items: list[PromptItem], system, context, verifier, rows: list[dict]):
+        self.cfg, self.items, self.system, self.context = cfg, items, system, context
+        self.verify = get_verifier(verifier) if verifier else None
+        self.cov = cfg.coverage
+        self.guided_from = max(self.cov.max_samples, cfg.sampling.n) if self.cov.guided else 1 << 62
+        self.done: dict[str, dict[int, bool]] = {it.id: {} for it in items}
+        self.round = 0
+        for r in rows:
+            self.add(r)
+
+    def add(self, row: dict) -> dict:
+        verdict = bool(self.verify(row["completion"], row.get("reference"))) if self.verify else False
+        self.done.setdefault(row["prompt_id"], {})[row["sample_index"]] = verdict
+        return row
+
+    def _plain_target(self, pid: str) -> int:
+        """How many unguided samples the prompt gets: ``n``, doubled while every sample so far is
+        in and fewer than ``accepted`` pass, up to ``max_samples``. Depends only on finished rounds."""
+        have, n, cov = self.done[pid], self.cfg.sampling.n, self.cov
+        size = n
+        while cov.accepted and size < cov.max_samples:
+            if not all(k in have for k in range(size)) or sum(have[k] for k in range(size)) >= cov.accepted:
+                break
+            size = min(2 * size, cov.max_samples)
+        return size
+
+    def pending(self) -> list[tuple[PromptItem, GenRequest]]:
+        """The next round's requests (empty when the job is complete)."""
+        out = []
+        for it in self.items:
+            have = self.done[it.id]
+            size = self._plain_target(it.id)
+            missing = [k for k in range(size) if k not in have]
+            if missing:
+                out.append((it, GenRequest(it.id, teacher_messages(it.prompt, self.system, self.context), missing)))
+                continue
+            unguided_pass = any(have[k] for k in range(size))
+            if self.cov.guided and not unguided_pass and (not self.cov.accepted or size >= self.cov.max_samples):
+                guided = range(self.guided_from, self.guided_from + self.cov.guided)
+                if missing := [k for k in guided if k not in have]:
+                    out.append((it, GenRequest(it.id, self._guided_messages(it), missing)))
+        self.round += 1
+        return out
+
+    def _guided_messages(self, it: PromptItem) -> Messages:
+        must = "\n\n" + reference_hint(it.reference)
+        return teacher_messages(it.prompt, self.system, (self.context or "") + must)
+
+    def round_name(self) -> str:
+        return "" if self.round <= 1 else f" round {self.round}"
+
+    def coverage(self) -> dict[str, Any] | None:
+        """Training prompts with >= 1 passing answer, without and with guided samples, per intent."""
+        if self.verify is None:
+            return None
+        by_intent: dict[str, list[int]] = {}
+        plain = guided = 0
+        for it in self.items:
+            have = self.done[it.id]
+            ok_plain = any(v for k, v in have.items() if k < self.guided_from)
+            ok_any = any(have.values())
+            plain += ok_plain
+            guided += ok_any
+            c = by_intent.setdefault(it.intent or "(no intent)", [0, 0])
+            c[0] += ok_any
+            c[1] += 1
+        total = max(len(self.items), 1)
+        return {
+            "prompts": len(self.items),
+            "covered_unguided": plain,
+            "covered": guided,
+            "coverage_unguided": plain / total,
+            "coverage": guided / total,
+            "samples": sum(len(h) for h in self.done.values()),
+            "by_intent": {k: {"covered": a, "prompts": b} for k, (a, b) in sorted(by_intent.items())},
+        }
+
+
+def reference_hint(reference: Any) -> str:
+    """What a reference-guided teacher is told a right answer contains."""
+    if isinstance(reference, list) and all(isinstance(p, str) for p in reference):
+        return "A correct answer states all of these facts verbatim: " + "; ".join(reference) + "."
+    return f"The correct answer is: {reference}"
 
 
 def _sort_rows(path: Path, order: dict[str, int]) -> None:
@@ -163,6 +295,7 @@ def _row(
     sp: SamplingParams,
     verifier: str | None,
     context: str | None = None,
+    guided: bool = False,
 ) -> dict:
     row = {
         "id": f"{it.id}#{k}",
@@ -178,4 +311,8 @@ def _row(
         row["teacher_context"] = _context_digest(context)  # its digest: resume refuses another context
     if verifier:
         row["verifier"] = verifier
+    if it.intent:
+        row["intent"] = it.intent
+    if guided:
+        row["guided"] = True  # the teacher also saw what a right answer contains (reference_hint)
     return row

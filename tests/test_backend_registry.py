@@ -36,6 +36,7 @@ def _toy_bundle(tiny_bundle: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.integration
 def test_a_toy_backend_registered_in_one_line_serves_edge_runtime_generate(
     toy_registered, tiny_bundle, tmp_path, capsys
 ):
@@ -50,6 +51,7 @@ def test_a_toy_backend_registered_in_one_line_serves_edge_runtime_generate(
             m.save_prefix([1, 2], tmp_path / "state.npz", key="k")
 
 
+@pytest.mark.integration
 def test_without_its_registry_line_the_toy_bundle_is_refused_by_name(tiny_bundle, tmp_path):
     b = _toy_bundle(tiny_bundle, tmp_path / "b")
     with pytest.raises(BundleError, match=r"artifacts\[0\]\.backend.*'toy'"):
@@ -64,6 +66,7 @@ def test_builtin_backends_declare_their_extra_and_capabilities():
     assert backend_names()[:1] == ["auto"] and {"gguf", "onnx"} <= set(backend_names())
 
 
+@pytest.mark.integration
 def test_a_registered_backend_that_is_not_installed_names_its_extra(tiny_bundle, tmp_path):
     from edge_kto_runtime.backends import BackendMissing
 

@@ -150,6 +150,7 @@ def test_gate_passes_q8_fails_2bit_and_a_swapped_template_and_device_agrees(tmp_
     assert not out.passed and "chat template / tokenizer" in " ".join(out.results[0]["failures"])
 
 
+@pytest.mark.integration
 def test_golden_detail_rows_are_the_full_rows_and_the_rest_hold_the_greedy_answer(tiny_model_dir, kto_rows):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -28,6 +28,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert "Traceback" not in "".join(err)
 
 
+@pytest.mark.integration
 def test_a_tool_failure_exits_1_with_the_tools_message(tmp_path, tiny_model_dir, monkeypatch, capsys):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     assert rt_main(["bench", "--url", url, "--runs", "1", "--warmup", "0", "--out", str(tmp_path / "b")]) == 1
@@ -58,6 +59,7 @@ def test_a_tool_failure_exits_1_with_the_tools_message(tmp_path, tiny_model_dir,
     assert err.startswith("edge-kto: failed: llama.cpp convert_hf_to_gguf.py failed") and "converter exploded" in err
 
 
+@pytest.mark.integration
 def test_a_failed_gate_exits_3_on_both_sides(tiny_bundle, tiny_model_dir, tmp_path, capsys):
     art = "model-q8_0.gguf"
     assert rt_main(["check", str(tiny_bundle), "--artifact", art, "--threshold", "kld_mean_max=-1"]) == 3

@@ -28,6 +28,7 @@ def test_split_rule():
     )  # prefix broken: split where it diverges
 
 
+@pytest.mark.integration
 def test_training_golden_and_runtime_agree_on_the_answer_ids(tiny_bundle, smol_tokenizer):
     tok = smol_tokenizer
     ex = KTOExample(prompt=MESSAGES, completion=ANSWER, label=True)

@@ -25,6 +25,7 @@ def edge_check(tmp_path_factory) -> Path:
     return aarch64_check.native_edge_check(aarch64_check.llama_src(), tmp_path_factory.mktemp("ec") / "edge_check")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "bundle,art",
     [
@@ -49,6 +50,7 @@ def test_the_cpp_check_gives_the_python_checks_numbers(edge_check, request, tmp_
     assert cpp["greedy_match"] == py["greedy_match"]
 
 
+@pytest.mark.integration
 def test_a_flipped_byte_or_a_missing_file_is_refused_before_loading(edge_check, tiny_bundle, tmp_path):
     bad = tmp_path / "b"
     shutil.copytree(tiny_bundle, bad)

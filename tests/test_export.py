@@ -29,6 +29,7 @@ def _hf_chat_text(tok, text: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
 
 
+@pytest.mark.integration
 def test_bundle_manifest_lists_every_file_with_hashes_and_tools(tiny_bundle):
     b = open_bundle(tiny_bundle, verify=True)
     m = b.manifest
@@ -48,6 +49,7 @@ def test_bundle_manifest_lists_every_file_with_hashes_and_tools(tiny_bundle):
     assert oct((tiny_bundle / "manifest.json").stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.integration
 def test_llama_cpp_and_onnxruntime_genai_load_and_generate(tiny_bundle, smol_tokenizer):
     prompt = smol_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
@@ -71,6 +73,7 @@ def test_llama_cpp_and_onnxruntime_genai_load_and_generate(tiny_bundle, smol_tok
 
 
 @pytest.mark.parametrize("kind", list(TEXTS))
+@pytest.mark.integration
 def test_chat_prompt_token_ids_agree_across_hf_llama_cpp_and_onnxruntime_genai(tiny_bundle, smol_tokenizer, kind):
     text = _hf_chat_text(smol_tokenizer, TEXTS[kind])
     hf = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -100,6 +103,7 @@ def _ids(tok, text: str) -> list[int]:
 # Documented tolerances (max |logit difference| over every position; logits are O(1) on the tiny model):
 # F32 GGUF and fp32 ONNX compute in fp32 with different kernels -> 1e-3; F16 GGUF rounds weights -> 3e-2.
 @pytest.mark.parametrize("artifact, tol", [("model-f32.gguf", 1e-3), ("model-f16.gguf", 3e-2)])
+@pytest.mark.integration
 def test_gguf_logits_match_transformers_fp32(tiny_bundle, tiny_model_dir, smol_tokenizer, artifact, tol):
     ids = _ids(smol_tokenizer, TEXTS["emoji"])
     ref = _hf_logits(tiny_model_dir, ids)
@@ -123,6 +127,7 @@ def fp32_onnx(tmp_path_factory, tiny_model_dir) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_fp32_onnx_logits_match_transformers_fp32(fp32_onnx, tiny_model_dir, smol_tokenizer):
     ids = _ids(smol_tokenizer, TEXTS["accents"])
     ref = _hf_logits(tiny_model_dir, ids)
@@ -137,6 +142,7 @@ def test_fp32_onnx_logits_match_transformers_fp32(fp32_onnx, tiny_model_dir, smo
     assert np.abs(last - ref[-1]).max() < 1e-3
 
 
+@pytest.mark.integration
 def test_greedy_continuations_equal_across_backends(tiny_bundle, fp32_onnx, tiny_model_dir, smol_tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -166,6 +172,7 @@ def test_greedy_continuations_equal_across_backends(tiny_bundle, fp32_onnx, tiny
         llm.close()
 
 
+@pytest.mark.integration
 def test_failure_mid_export_leaves_nothing_and_existing_bundle_needs_force(tmp_path, tiny_model_dir, monkeypatch):
     import edge_kto.export.recipe as recipe
 
@@ -189,6 +196,7 @@ def test_failure_mid_export_leaves_nothing_and_existing_bundle_needs_force(tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.integration
 def test_tampered_bundle_is_refused(tmp_path, tiny_bundle):
     import shutil
 
@@ -238,6 +246,7 @@ def test_smollm2_exports_to_every_type_and_each_generates(tmp_path, smol):
     assert sizes["Q4_0"] < sizes["Q8_0"] and sizes["Q4_K_M"] < sizes["Q8_0"]
 
 
+@pytest.mark.integration
 def test_golden_rows_equal_unbatched_fp_computation(tiny_bundle, tiny_model_dir):
     """Batched (left-padded) greedy + top-k + summed log-probs == one prompt at a time."""
     from transformers import AutoModelForCausalLM
@@ -261,6 +270,7 @@ def test_golden_rows_equal_unbatched_fp_computation(tiny_bundle, tiny_model_dir)
                 assert c["logp"] == pytest.approx(float(lp.gather(1, torch.tensor(c["ids"])[:, None]).sum()), abs=1e-3)
 
 
+@pytest.mark.integration
 def test_an_onnx_precision_is_a_candidate_option_int8_builds_and_tracks_fp32(tiny_model_dir, tmp_path):
     """Adding an ONNX variant touches no code: `precision: int8` is one more candidate option."""
     import numpy as np

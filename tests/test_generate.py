@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import write_jsonl
 
 from edge_kto.generate import GenerateConfig, run_generate
@@ -35,6 +36,7 @@ def _task(tmp_path, n=3):
     return task
 
 
+@pytest.mark.integration
 def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, tiny_model_dir):
     out = tmp_path / "candidates.jsonl"
     cfg = GenerateConfig(
@@ -62,6 +64,7 @@ def test_generate_from_task_folder_keeps_provenance_and_hides_context(tmp_path, 
     assert (run_generate(cfg).written, out.read_text()) == (0, in_order)
 
 
+@pytest.mark.real_model
 def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smol):
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl",

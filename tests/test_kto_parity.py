@@ -10,6 +10,8 @@ import torch
 from edge_kto.train.logps import CompletionLogps
 from edge_kto.train.loss import estimate_z0, kto_loss
 
+pytestmark = pytest.mark.integration
+
 trl = pytest.importorskip("trl")
 
 

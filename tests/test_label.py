@@ -142,6 +142,7 @@ def test_human_labels_jsonl_and_csv(tmp_path):
         read_human_labels(tmp_path / "bad.jsonl")
 
 
+@pytest.mark.real_model
 def test_llm_judge_over_llamacpp_backend(tmp_path, smol):
     cands = _cands(tmp_path)
     judge = make_teacher(TeacherConfig(kind="gguf", model=str(smol.gguf), n_ctx=2048, n_threads=2))
@@ -158,6 +159,7 @@ def test_llm_judge_over_llamacpp_backend(tmp_path, smol):
     assert all(isinstance(r["label"], bool) and r["labeler"] == "judge" for r in rows)
 
 
+@pytest.mark.integration
 def test_on_policy_student_samples_are_mixed_in(tmp_path, tiny_model_dir):
     cfg = LabelConfig(
         candidates=str(_cands(tmp_path)),

@@ -26,6 +26,7 @@ def _answers(smol, parallel: int, reqs, sp: SamplingParams):
         return t.generate(reqs, sp)
 
 
+@pytest.mark.real_model
 def test_batched_greedy_equals_sequential_on_the_small_task(smol, requests_):
     sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=24)
     sequential = _answers(smol, 1, requests_, sp)
@@ -34,6 +35,7 @@ def test_batched_greedy_equals_sequential_on_the_small_task(smol, requests_):
     assert all(a[0] for a in sequential)
 
 
+@pytest.mark.real_model
 def test_batched_sample_depends_only_on_prompt_and_seed(smol, requests_):
     """Each sampled answer equals that sample computed alone on a fresh model, whatever ran beside it.
 
@@ -52,6 +54,7 @@ def test_batched_sample_depends_only_on_prompt_and_seed(smol, requests_):
     assert [p[0] for p in partial[:3]] == [a[2] for a in alone]
 
 
+@pytest.mark.real_model
 def test_decoder_refuses_a_request_longer_than_its_sequences(smol):
     from edge_kto_runtime.llama_engine import LlamaEngine
 
@@ -74,6 +77,7 @@ def test_shared_prefix_leaves_each_prompt_a_token_to_sample_from():
     assert shared_prefix([[7], [1, 2]]) == []
 
 
+@pytest.mark.real_model
 def test_runtime_greedy_many_equals_the_one_at_a_time_loop(smol, requests_):
     """The gate's batched greedy decode (``LlamaCppBackend.greedy_many``) returns what its loop over
     ``generate_ids`` returned: the same ids, ending with the EOS id where the answer ended."""

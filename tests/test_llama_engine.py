@@ -21,6 +21,7 @@ def engine(tiny_bundle):
     eng.close()
 
 
+@pytest.mark.integration
 def test_every_private_attribute_is_there(engine):
     check_private_api(engine.llm)
     for owner, attr in PRIVATE_API:
@@ -36,6 +37,7 @@ def test_a_missing_private_attribute_is_refused_by_name():
         check_private_api(Moved())
 
 
+@pytest.mark.integration
 def test_prefix_reuse_gives_the_same_greedy_ids_as_a_fresh_context(engine):
     """_input_ids / n_tokens / _ctx.kv_cache_seq_rm: keeping a shared prefix changes nothing."""
     a = engine.tokenize("the hub light blinks when the battery")
@@ -47,6 +49,7 @@ def test_prefix_reuse_gives_the_same_greedy_ids_as_a_fresh_context(engine):
     assert list(engine.generate_ids(b, 6, 0.0)) == fresh  # a repeated request repeats
 
 
+@pytest.mark.integration
 def test_greedy_reads_the_argmax_of_the_last_logits(engine):
     """_ctx.get_logits_ith(-1): the logits after the last evaluated token."""
     ids = engine.tokenize("open the app and tap")
@@ -56,6 +59,7 @@ def test_greedy_reads_the_argmax_of_the_last_logits(engine):
     assert next(engine.generate_ids(ids, 1, 0.0)) == want
 
 
+@pytest.mark.integration
 def test_batched_scoring_rows_match_one_full_pass(engine):
     """_batch.set_batch / batch.logits flags / _ctx.decode: rows only where asked, same values."""
     ids = engine.tokenize("hold the reset button for ten seconds until the light turns blue")
@@ -67,6 +71,7 @@ def test_batched_scoring_rows_match_one_full_pass(engine):
     np.testing.assert_allclose(engine.last_logits(), full[-1], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.integration
 def test_bos_rule_and_special_text(engine):
     """_model.token_get_text / add_bos_token: BOS added once, never twice."""
     bos, eos = engine.special_text()
@@ -78,6 +83,7 @@ def test_bos_rule_and_special_text(engine):
         assert engine.prompt_ids(bos + "hello").count(engine.llm.token_bos()) == 1
 
 
+@pytest.mark.integration
 def test_state_round_trip(engine, tmp_path):
     """LlamaState: a saved prefix restores the same n_tokens; another key is refused."""
     ids = engine.tokenize("the schedule changes at noon")

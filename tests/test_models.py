@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from edge_kto.models.registry import ModelSource
 
 def test_hub_id_offline_gives_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: when an earlier test imported it, set the
+    # constant too (else the lookup retries the network for ~45 s before failing the same way).
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert resolve_spec("someorg/some-model") == ("hub", "someorg/some-model")
     with pytest.raises(ModelNotAvailable, match="no network, or not in the local HF cache.*edge-kto models fetch"):
         load_model("someorg/some-model-that-is-not-cached")
@@ -45,6 +49,15 @@ def test_fetched_smollm2_is_pinned_and_gguf_spec_matches_hf_folder(smol, tmp_pat
     gguf_model.save_pretrained(tmp_path / "resave")  # the not-serializable workaround holds
 
 
+@pytest.mark.real_model
+def test_vendored_tokenizer_is_the_fetched_models(smol):
+    """tests/fixtures/smollm2-tokenizer (what tiny test models use, no fetch) is the fetched model's."""
+    vendored = Path(__file__).parent / "fixtures" / "smollm2-tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (vendored / name).read_bytes() == (smol.hf_dir / name).read_bytes(), name
+
+
+@pytest.mark.real_model
 def test_fetch_rejects_a_file_that_does_not_match_its_pin(tmp_path, smol):
     bad = ModelSource(
         name="smollm2-wrong-pin",

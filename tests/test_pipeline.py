@@ -114,6 +114,39 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
     assert p.returncode == 0 and text.count("cached") >= 8, text[-2000:]
 
 
+@pytest.mark.real_model
+def test_augmented_and_rejection_sampled_training_data_never_holds_an_eval_prompt(tmp_path, tiny_model_dir):
+    """``augment`` + ``coverage`` on: the teacher's new phrasings and its extra samples reach training,
+    no eval prompt (or a near-duplicate) reaches any training file, and the report says what was added."""
+    from edge_kto.augment import near_duplicate, normalise
+
+    cfg = _yaml(tmp_path, tiny_model_dir, max_steps=2)
+    extra = "augment: {per_prompt: 2, max_new_tokens: 64}\ncoverage: {accepted: 1, max_samples: 4, guided: 1}\n"
+    cfg.write_text(cfg.read_text() + extra)
+    out = tmp_path / "run"
+    p = _run([str(cfg), "--quiet"])
+    text, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, text[-4000:]
+    evals = [it.prompt for it in read_task(TASK).eval]
+    stages = out / "stages"
+    (aug,) = stages.glob("augment-*/prompts.jsonl")
+    added = [json.loads(x) for x in aug.read_text().splitlines()]
+    assert added and all("~p" in r["id"] for r in added)
+    training = [aug, *stages.glob("generate-*/candidates.jsonl"), *stages.glob("label-*/kto.jsonl")]
+    normalised_evals = {normalise(e) for e in evals}
+    for f in training:
+        for row in (json.loads(x) for x in f.read_text().splitlines()):
+            prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+            assert normalise(prompt) not in normalised_evals, (f.name, prompt)  # no eval prompt, in any form
+            if "~p" in str(row.get("prompt_id", row.get("id"))):  # a new phrasing: not even near one
+                assert not any(near_duplicate(prompt, e, 0.85) for e in evals), (f.name, prompt)
+    (cands,) = stages.glob("generate-*/candidates.jsonl")
+    ids = {json.loads(x)["prompt_id"] for x in cands.read_text().splitlines()}
+    assert {r["id"] for r in added} <= ids  # the teacher answered the new phrasings too
+    md = (out / "report.md").read_text()
+    assert "augment: " in md and "teacher coverage: " in md and "| confused |" in md
+
+
 @pytest.mark.parametrize("section,key", [("finish", "stpes"), ("export", "ggfu")])
 def test_pipeline_refuses_unknown_finish_and_export_keys_at_load(tmp_path, section, key):
     from edge_kto.pipeline import PipelineConfig

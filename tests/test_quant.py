@@ -75,6 +75,7 @@ def test_q8_0_activation_rounding_as_llama_cpp():
         FinishConfig(source="s", data="d", out="o", activations="int8").validate()
 
 
+@pytest.mark.integration
 def test_finished_model_lies_on_the_grid(finished):
     from transformers import AutoModelForCausalLM
 
@@ -90,6 +91,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, r // n_head // 2, 2, c).swapaxes(1, 2).reshape(r, c)
 
 
+@pytest.mark.integration
 def test_gguf_q4_0_reproduces_finished_weights_exactly(finished, finished_bundle):
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -129,6 +131,7 @@ def _unpack_int4(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return ((codes - 8) * scales.reshape(q.shape[0], q.shape[1], 1)).reshape(q.shape[0], -1)
 
 
+@pytest.mark.integration
 def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle):
     hf = _finished_weights(finished)
     inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1-headacc1")
@@ -151,6 +154,7 @@ def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle
             assert np.abs(got - hf[f"{pre}.{hf_name}.weight"].numpy()).max() == 0.0, onnx_name
 
 
+@pytest.mark.integration
 def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_bundle):
     """accuracy_level=1: with the embedding and LM head set to what the builder stored, the torch
     forward of the finished model and onnxruntime-genai agree within 1e-3 (log-probs)."""
@@ -178,6 +182,7 @@ def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_b
             assert np.abs(ort - ref).max() < 1e-3
 
 
+@pytest.mark.integration
 def test_imatrix_round_trip_and_refusals(tmp_path, tiny_model_dir, smol_tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -207,6 +212,7 @@ def test_imatrix_round_trip_and_refusals(tmp_path, tiny_model_dir, smol_tokenize
         read_imatrix(tmp_path / "junk.gguf")
 
 
+@pytest.mark.integration
 def test_imatrix_and_tensor_overrides_reach_llama_cpp(tmp_path, tiny_model_dir, smol_tokenizer):
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
@@ -284,6 +290,7 @@ def test_choose_keeps_smallest_passing_else_best_failing():
     assert [a["path"] for a in choose(arts, per)] == ["c.gguf", "o2/"]
 
 
+@pytest.mark.integration
 def test_export_selects_smallest_passing_and_reports_when_none_passes(tmp_path, tiny_model_dir, kto_rows):
     common = dict(
         source=str(tiny_model_dir),
@@ -327,6 +334,7 @@ def test_export_selects_smallest_passing_and_reports_when_none_passes(tmp_path, 
     assert json.loads((tmp_path / "b1" / "manifest.json").read_text())["alignment"]["passed"] is True
 
 
+@pytest.mark.integration
 def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
     def cmd(out: Path) -> list[str]:
         return [
@@ -379,6 +387,7 @@ def test_finish_resumes_after_kill(tmp_path, tiny_model_dir, kto_rows):
         )
 
 
+@pytest.mark.integration
 def test_on_policy_finishing_adds_the_fp_students_own_answers_as_kl_rows(tmp_path, tiny_model_dir, kto_rows, finished):
     out = tmp_path / "op"
     res = run_finish(
@@ -401,6 +410,7 @@ def test_on_policy_finishing_adds_the_fp_students_own_answers_as_kl_rows(tmp_pat
     assert res.steps == 2
 
 
+@pytest.mark.integration
 def test_mixed_finishing_keeps_sensitive_projections_8bit_and_the_rest_exact(tmp_path, tiny_model_dir, kto_rows):
     """finish --mixed: q/k/v/down of the sensitive layers train unquantized and ship as Q8_0 / int8;
     the export picks that up from the finish report, and every 4-bit tensor is still exact."""
@@ -487,6 +497,7 @@ def test_export_config_yaml_maps_onto_export_config(tmp_path):
         _export_yaml(str(bad))
 
 
+@pytest.mark.integration
 def test_gate_measures_a_finished_student_against_its_own_weights(finished, finished_bundle, tiny_model_dir):
     """A finished student's artifacts store the finished weights: KL/top-1 compare with those (the
     export and runtime's error), task and preferences with the fp student, and the distance that

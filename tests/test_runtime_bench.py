@@ -53,6 +53,7 @@ def test_drift_and_min_runs():
     assert min_runs_for(99) == 100 and min_runs_for(90) == 10
 
 
+@pytest.mark.integration
 def test_bench_cli_on_a_tiny_bundle_writes_json_markdown_and_png(tiny_bundle, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
@@ -123,6 +124,7 @@ def test_prefix_cache_cuts_ttft_for_a_turn_after_the_system_prompt(smol_bundle, 
     )
 
 
+@pytest.mark.integration
 def test_bench_url_measures_a_running_server_over_sse(tiny_bundle, tmp_path):
     import threading
 

@@ -50,6 +50,7 @@ def test_stream_never_splits_a_character_and_stops_at_stop_strings(smol_bundle):
             assert emoji not in stopped and full.startswith(stopped)
 
 
+@pytest.mark.integration
 def test_bundle_loads_each_artifact_and_reports_timings(tiny_bundle):
     b = open_bundle(tiny_bundle)
     for art in b.artifacts:
@@ -59,6 +60,7 @@ def test_bundle_loads_each_artifact_and_reports_timings(tiny_bundle):
             assert m.info()["backend"] == art.backend
 
 
+@pytest.mark.integration
 def test_score_is_the_summed_log_prob_and_agrees_across_fp_artifacts(tiny_bundle):
     golden = [json.loads(x) for x in (tiny_bundle / "golden.jsonl").read_text().splitlines()]
     row = golden[0]
@@ -70,6 +72,7 @@ def test_score_is_the_summed_log_prob_and_agrees_across_fp_artifacts(tiny_bundle
             assert m.encode(row["messages"]) == row["prompt_ids"]
 
 
+@pytest.mark.integration
 def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_bundle):
     with load(tiny_bundle, artifact="model-q8_0.gguf", n_ctx=64, verify=False) as m:
         long = [{"role": "user", "content": "word " * 200}]
@@ -83,6 +86,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.integration
 def test_refuses_tampered_truncated_missing_and_unknown_schema(tiny_bundle, tmp_path):
     b = _copy(tiny_bundle, tmp_path / "flip")
     data = bytearray((b / "model-q8_0.gguf").read_bytes())
@@ -110,6 +114,7 @@ def test_refuses_tampered_truncated_missing_and_unknown_schema(tiny_bundle, tmp_
         load(b)
 
 
+@pytest.mark.integration
 def test_zipped_bundle_loads_and_hostile_archives_are_refused(tiny_bundle, tmp_path):
     z = zip_bundle(tiny_bundle, tmp_path / "ok.zip")
     with load(z, artifact="model-q8_0.gguf") as m:
@@ -133,6 +138,7 @@ def test_zipped_bundle_loads_and_hostile_archives_are_refused(tiny_bundle, tmp_p
     assert not (tmp_path / "link").exists()
 
 
+@pytest.mark.integration
 def test_missing_backend_names_the_extra_to_install(tiny_bundle, tmp_path, monkeypatch):
     import builtins
 
@@ -150,6 +156,7 @@ def test_missing_backend_names_the_extra_to_install(tiny_bundle, tmp_path, monke
         load(tiny_bundle, backend="onnx", verify=False)
 
 
+@pytest.mark.integration
 def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, tmp_path):
     from edge_kto_runtime.feedback import FeedbackStore
 
@@ -178,6 +185,7 @@ def test_python_api_feedback_logs_completions_and_exports_kto_rows(tiny_bundle, 
     }
 
 
+@pytest.mark.integration
 def test_feedback_rows_name_the_bundle_that_served_them_and_export_keeps_one(tiny_bundle, tmp_path):
     """A log from before the ``bundle`` column is migrated in place; ``feedback export --bundle`` keeps
     only that bundle's rows (thumbs on an older model are not on-policy data for this one)."""
@@ -213,6 +221,7 @@ def test_feedback_rows_name_the_bundle_that_served_them_and_export_keeps_one(tin
         assert row["id"] == now.request_id and row["bundle"] == manifest_digest(tiny_bundle)
 
 
+@pytest.mark.integration
 def test_a_streamed_answer_is_logged_like_a_completed_one_and_can_be_rated(tiny_bundle, tmp_path):
     from edge_kto_runtime.feedback import FeedbackStore
 

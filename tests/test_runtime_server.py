@@ -22,6 +22,8 @@ from edge_kto_runtime import load
 from edge_kto_runtime.feedback import FeedbackStore
 from edge_kto_runtime.serve import ServeConfig, serve
 
+pytestmark = pytest.mark.integration
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("llama_cpp")
 

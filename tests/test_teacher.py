@@ -21,6 +21,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 JAPAN = [{"role": "user", "content": "Which city is the capital of Japan?"}]
 
 
+@pytest.mark.integration
 def test_hf_teacher_batches_and_samples_n(tiny_model_dir):
     with make_teacher(TeacherConfig(kind="hf", model=str(tiny_model_dir), batch_size=2)) as t:
         reqs = [GenRequest("a", FRANCE, [0, 1, 2]), GenRequest("b", [{"role": "user", "content": "Hi"}], [0, 1, 2])]
@@ -32,6 +33,7 @@ def test_hf_teacher_batches_and_samples_n(tiny_model_dir):
         assert greedy == t.generate(reqs[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=8))
 
 
+@pytest.mark.real_model
 def test_llamacpp_teacher_answers_with_real_model(smol):
     with make_teacher(TeacherConfig(kind="gguf", model=str(smol.gguf), n_ctx=1024, n_threads=2)) as t:
         greedy = t.generate([GenRequest("q", JAPAN, [0])], SamplingParams(n=1, temperature=0.0, max_new_tokens=16))
@@ -86,6 +88,7 @@ def llama_server(smol, tmp_path_factory):
     log.close()
 
 
+@pytest.mark.real_model
 def test_openai_teacher_against_real_local_server(llama_server):
     cfg = TeacherConfig(kind="openai", model="smollm2", base_url=llama_server, concurrency=2, timeout_s=60)
     with make_teacher(cfg) as t:

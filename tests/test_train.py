@@ -64,6 +64,7 @@ def _cfg(tmp_path: Path, model: Path, data: Path, **kw) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
+@pytest.mark.integration
 def test_bf16_and_fp32_runs_follow_each_other_in_one_process(tmp_path, tiny_model_dir, data):
     """Autocast is the trainer's own, so a bf16 run after an fp32 one in the same process is not refused
     (accelerate fixes its mixed_precision once per process), and bf16 training gives finite numbers."""
@@ -107,6 +108,7 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+@pytest.mark.integration
 def test_run_folder_holds_adapter_merged_model_metrics_and_curves(tmp_path, tiny_model_dir, data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -158,6 +160,7 @@ def test_run_folder_holds_adapter_merged_model_metrics_and_curves(tmp_path, tiny
     assert AutoTokenizer.from_pretrained(run / "model").chat_template
 
 
+@pytest.mark.integration
 def test_learning_raises_margin_and_desirable_logps(tmp_path, tiny_model_dir, data):
     from edge_kto.data import read_kto
     from edge_kto.models import load_model
@@ -185,6 +188,7 @@ def test_learning_raises_margin_and_desirable_logps(tmp_path, tiny_model_dir, da
     assert after > before + 1.0, (before, after)
 
 
+@pytest.mark.integration
 def test_two_processes_give_the_same_z0_loss_and_adapter_as_one(tmp_path, tiny_model_dir, data):
     common = [
         "train",
@@ -264,6 +268,7 @@ def test_z0_and_loss_across_two_gloo_processes_equal_one_process_on_the_union():
         assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
 
 
+@pytest.mark.integration
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, data):
     steps, every = 40, 4
     straight = run_train(
@@ -314,6 +319,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_di
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+@pytest.mark.integration
 def test_precomputed_reference_equals_the_live_reference_and_is_cached(tmp_path, tiny_model_dir, data):
     pre = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "pre")), progress=False)
     live = run_train(
@@ -326,6 +332,7 @@ def test_precomputed_reference_equals_the_live_reference_and_is_cached(tmp_path,
             assert a[k] == pytest.approx(b[k], abs=1e-5) and a[k] == c[k]
 
 
+@pytest.mark.integration
 def test_gradient_checkpointing_and_grad_accum_keep_the_numbers(tmp_path, tiny_model_dir, data):
     plain = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "a"), max_steps=2), progress=False)
     ckpt = run_train(
@@ -340,6 +347,7 @@ def test_gradient_checkpointing_and_grad_accum_keep_the_numbers(tmp_path, tiny_m
     assert [r["rows"] for r in _metrics(accum.run_dir)] == [16, 16]
 
 
+@pytest.mark.integration
 def test_nan_guard_skips_the_update_and_training_continues(tmp_path, tiny_model_dir, data):
     s = setup_training(_cfg(tmp_path, tiny_model_dir, data, max_steps=4), progress=False)
     head = s.model.get_base_model().get_output_embeddings()
@@ -370,6 +378,7 @@ def test_nan_guard_skips_the_update_and_training_continues(tmp_path, tiny_model_
         ("batch of one", _arith_rows(8), {"batch_size": 1}, "batch_size"),
     ],
 )
+@pytest.mark.integration
 def test_bad_input_is_refused_before_any_compute(tmp_path, tiny_model_dir, case, rows, kw, match):
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
     with pytest.raises(ValueError, match=match):
@@ -377,6 +386,7 @@ def test_bad_input_is_refused_before_any_compute(tmp_path, tiny_model_dir, case,
     assert not (tmp_path / "run").exists(), "nothing written for refused input"
 
 
+@pytest.mark.integration
 def test_existing_run_needs_resume_or_force(tmp_path, tiny_model_dir, data):
     cfg = _cfg(tmp_path, tiny_model_dir, data, max_steps=1)
     run_train(cfg, progress=False)
@@ -387,6 +397,7 @@ def test_existing_run_needs_resume_or_force(tmp_path, tiny_model_dir, data):
     assert run_train(cfg, force=True, progress=False).steps == 1
 
 
+@pytest.mark.integration
 def test_sft_warm_start_becomes_the_reference(tmp_path, tiny_model_dir, data):
     plain = run_train(_cfg(tmp_path, tiny_model_dir, data, out=str(tmp_path / "plain"), max_steps=1), progress=False)
     sft = run_train(
@@ -413,6 +424,7 @@ def test_sft_warm_start_becomes_the_reference(tmp_path, tiny_model_dir, data):
         _cfg(tmp_path, tiny_model_dir, data, sft_from=str(tmp_path / "nowhere")).validate()
 
 
+@pytest.mark.integration
 def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_model_dir, data):
     from edge_kto.cli import main
 
@@ -429,6 +441,7 @@ def test_train_cli_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_mode
     assert main(["train", "--config", str(bad)]) == 2
 
 
+@pytest.mark.integration
 def test_cli_reports_an_existing_run_as_an_error_not_a_traceback(tmp_path, tiny_model_dir, data, capsys):
     from edge_kto.cli import main
 

@@ -114,6 +114,7 @@ def test_the_nll_anchor_is_trls_chosen_cross_entropy_per_token():
         kto_loss(pol, ref, labels, z0, nll_weight=0.5)
 
 
+@pytest.mark.integration
 def test_completion_logps_equal_a_full_log_softmax(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

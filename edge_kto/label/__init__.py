@@ -22,6 +22,7 @@ from ..stats import kto_weight_range
 from ..teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
 from .human import read_human_labels
 from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
+from .negatives import confusion_negatives
 from .verifiers import BUILTIN, get_verifier
 
 __all__ = [
@@ -59,6 +60,7 @@ class LabelConfig:
     human_labels: str | None = None
     on_policy: OnPolicyConfig | None = None
     dedupe: bool = True  # drop repeated (prompt, completion) pairs
+    confusion_negatives: int = 0  # per prompt: other intents' accepted answers as undesirable rows (negatives.py)
     progress: bool = True
 
 
@@ -203,6 +205,16 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
         row["label"] = lab
         row["labeler"] = cfg.labeler if cfg.labeler != "verifier" else f"verifier:{cfg.verifier or r.get('verifier')}"
         kept.append(row)
+    if cfg.confusion_negatives:
+        cache: dict[str, Any] = {}
+
+        def own_verifier(row: dict) -> bool:
+            name = cfg.verifier or row.get("verifier")
+            return bool(name) and bool(
+                cache.setdefault(name, get_verifier(name))(row["completion"], row.get("reference"))
+            )
+
+        kept += confusion_negatives(kept, cfg.confusion_negatives, own_verifier)
     write_jsonl_atomic(cfg.out, kept)
     summary = summarize_labels(kept, unlabeled, duplicates, cfg.labeler)
     summary_path = Path(cfg.out).with_suffix(".summary.json")

@@ -16,10 +16,12 @@ from typing import Any
 from edge_kto_runtime.defaults import BENCH_N_GEN, BENCH_N_PROMPT, BENCH_RUNS, BENCH_WARMUP, MAX_NEW_TOKENS
 from edge_kto_runtime.errors import InvalidInput, MissingInput
 
+from ..augment import AugmentConfig
 from ..data import read_task
 from ..export import ExportConfig
 from ..finish import FinishConfig
-from ..schema import from_mapping, to_mapping
+from ..generate import CoverageConfig
+from ..schema import KEY_OMITS_DEFAULT, from_mapping, to_mapping
 from ..teacher.base import SamplingParams, TeacherConfig
 from ..train import TrainConfig
 from .rounds import RoundsSection
@@ -42,6 +44,12 @@ class LabelSection:
     # their temperature (None: student_temperature); 0 gives the untrained student's greedy answers,
     # which evaluate then scores as "student before" instead of decoding them a second time
     eval_student_temperature: float | None = None
+    # per training prompt: other intents' accepted teacher answers as undesirable rows (label/negatives.py)
+    confusion_negatives: int = field(default=0, metadata=KEY_OMITS_DEFAULT)
+
+    def validate(self) -> None:
+        if isinstance(self.confusion_negatives, bool) or self.confusion_negatives < 0:
+            raise InvalidInput(f"confusion_negatives: must be a whole number >= 0, got {self.confusion_negatives!r}")
 
 
 @dataclass
@@ -76,6 +84,8 @@ class PipelineConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generate: SamplingParams = field(default_factory=lambda: SamplingParams(n=4, temperature=0.8))
     generate_eval: SamplingParams = field(default_factory=lambda: SamplingParams(n=2, temperature=0.8))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # new phrasings of the training prompts
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)  # rejection sampling of the train split
     label: LabelSection = field(default_factory=LabelSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**SET_BY_PIPELINE["train"]))
     rounds: RoundsSection = field(default_factory=RoundsSection)  # on-policy KTO rounds after train

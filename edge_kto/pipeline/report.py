@@ -91,6 +91,25 @@ def _rounds_line(runs: dict[str, Any]) -> str:
     return ("on-policy rounds (reference = the round before): " + "; ".join(parts) + "\n\n") if parts else ""
 
 
+def _data_lines(runs: dict[str, Any]) -> list[str]:
+    """What the training data held: augmented phrasings and the teacher's coverage, when they were on."""
+    out = []
+    aug = runs["augment"].result if "augment" in runs else None
+    if aug:
+        out.append(
+            f"augment: {aug['kept']} new phrasings of {aug['sources']} training prompts "
+            f"({aug['refused_eval_near_duplicates']} refused as near an eval prompt, "
+            f"{aug['refused_duplicates']} as duplicates)"
+        )
+    cov = runs["generate"].result.get("coverage") if "generate" in runs else None
+    if cov and cov.get("samples"):
+        out.append(
+            f"teacher coverage: {cov['covered']}/{cov['prompts']} training prompts with a passing answer "
+            f"({cov['covered_unguided']} without reference guidance; {cov['samples']} samples)"
+        )
+    return out
+
+
 def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
     """The final table: accuracy, latency and size per model, retention, and the alignment gate."""
     ev = runs["evaluate"].result["results"]
@@ -108,7 +127,10 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
     weights = list(RunFolder(runs["train"].dir / "run").model.glob("*.safetensors"))
     fp_size = f"{sum(w.stat().st_size for w in weights) / 1e6:.0f} MB (fp32)" if weights else "-"
     verdicts = _verdicts(runs["evaluate"].dir)
-    lines = ["| | accuracy (eval) [95% CI] | TTFT p50/p99 | E2E p99 | size |", "|---|---|---|---|---|"]
+    lines = [
+        "| | accuracy (eval) [95% CI] | confused | TTFT p50/p99 | E2E p99 | size |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = []
     for r in ev:
         kind, name, shown = r.get("kind"), r["name"], r["name"]
@@ -133,12 +155,16 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
                 "correct": r["correct"],
                 "total": r["total"],
                 "ci95": bounds,  # bootstrap over questions
+                "confusion_rate": r.get("confusion_rate"),  # wrong, with another intent's facts
                 "ttft": ttft,
                 "e2e_p99": e2e,
                 "size": size,
             }
         )
-        lines.append(f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}){ci} | {ttft} | {e2e} | {size} |")
+        conf = f"{r['confusion_rate']:.1%} ({r['confused']})" if r.get("confusion_rate") is not None else "-"
+        lines.append(
+            f"| {shown} | {r['accuracy']:.1%} ({r['correct']}/{r['total']}){ci} | {conf} | {ttft} | {e2e} | {size} |"
+        )
     acc = {r["kind"]: r["accuracy"] for r in ev if r.get("kind") != "artifact"}
     teacher, fp = acc.get("teacher"), acc.get("student_fp")
     ret = []
@@ -168,6 +194,7 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
             f"teacher best-of-n on the training prompts (any accepted sample): "
             f"{best[0] / best[1]:.1%} ({best[0]}/{best[1]})"
         )
+    ret += _data_lines(runs)
     cand = _candidates_table(exp.get("selection"), be)
     rounds = _rounds_line(runs)
     tr = runs["train"].result.get("final", {})

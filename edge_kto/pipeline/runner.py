@@ -143,15 +143,30 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     label = cfg.label
     # "auto" precision resolved here, on this machine: a stage's key records which arithmetic it ran
     train = replace(cfg.train, precision=resolve_precision(cfg.train.precision))
-    out = [
-        Stage("generate", stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train"), (), stages.generate),
+    augmented = cfg.augment.per_prompt > 0  # new phrasings of the training prompts, before the teacher answers
+    out = (
+        [Stage("augment", stages.AugmentInputs(task, cfg.teacher, cfg.augment), (), stages.augment)]
+        if augmented
+        else []
+    )
+    out += [
+        Stage(
+            "generate",
+            stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train", cfg.coverage),
+            ("augment",) if augmented else (),
+            stages.generate,
+        ),
         Stage(
             "generate_eval", stages.GenerateInputs(task, cfg.teacher, cfg.generate_eval, "eval"), (), stages.generate
         ),
         Stage(
             "label",
             stages.LabelInputs(
-                cfg.student, label.student_samples, label.student_temperature, cfg.generate.max_new_tokens
+                cfg.student,
+                label.student_samples,
+                label.student_temperature,
+                cfg.generate.max_new_tokens,
+                label.confusion_negatives,
             ),
             ("generate",),
             stages.label,

@@ -9,15 +9,18 @@ the dependencies into the folder name; a changed setting reruns exactly the stag
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..augment import AugmentConfig
 from ..data import read_task
 from ..export import ExportConfig
 from ..finish import FinishConfig
+from ..generate import CoverageConfig
 from ..jsonl import write_atomic, write_jsonl_atomic
 from ..run_folder import FINISH, RunFolder
+from ..schema import KEY_OMITS_DEFAULT
 from ..teacher.base import SamplingParams, TeacherConfig
 from ..train import TrainConfig
 from .config import BenchSection, EvaluateSection
@@ -42,11 +45,33 @@ class TaskRef:
 
 
 @dataclass(frozen=True)
+class AugmentInputs:
+    task: TaskRef
+    teacher: TeacherConfig
+    augment: AugmentConfig
+
+
+def augment(inp: AugmentInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """New phrasings of the training prompts (``prompts.jsonl``), never near an eval prompt."""
+    from ..augment import run_augment
+
+    res = run_augment(inp.task.load(), inp.augment, d, inp.teacher, progress=progress)
+    return {
+        "sources": res.sources,
+        "kept": res.kept,
+        "refused_eval_near_duplicates": res.refused_eval,
+        "refused_duplicates": res.refused_duplicate,
+        "seconds": res.seconds,
+    }
+
+
+@dataclass(frozen=True)
 class GenerateInputs:
     task: TaskRef
     teacher: TeacherConfig
     sampling: SamplingParams
     split: str  # "train" (training rows) or "eval" (golden set, evaluation)
+    coverage: CoverageConfig = field(default=CoverageConfig(), metadata=KEY_OMITS_DEFAULT)  # train split only
 
 
 def generate(inp: GenerateInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -60,10 +85,15 @@ def generate(inp: GenerateInputs, d: Path, deps: dict[str, Any], progress: bool)
             sampling=inp.sampling,
             split=inp.split,
             limit=inp.task.limit,
+            extra_prompts=str(deps["augment"].dir / "prompts.jsonl") if "augment" in deps else None,
+            coverage=inp.coverage,
             progress=progress,
         )
     )
-    return {"prompts": res.prompts, "written": res.written, "resumed_skipped": res.skipped, "seconds": res.seconds}
+    out = {"prompts": res.prompts, "written": res.written, "resumed_skipped": res.skipped, "seconds": res.seconds}
+    if res.coverage is not None:
+        out["coverage"] = res.coverage
+    return out
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,7 @@ class LabelInputs:
     student_samples: int  # the student's own samples per prompt, labeled like the teacher's
     student_temperature: float
     max_new_tokens: int  # the student's answer budget (the pipeline's generate.max_new_tokens)
+    confusion_negatives: int = field(default=0, metadata=KEY_OMITS_DEFAULT)  # training labels only
 
 
 def label(inp: LabelInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -89,7 +120,11 @@ def label(inp: LabelInputs, d: Path, deps: dict[str, Any], progress: bool) -> di
         )
     res = run_label(
         LabelConfig(
-            candidates=str(gen.dir / "candidates.jsonl"), out=str(d / "kto.jsonl"), on_policy=op, progress=progress
+            candidates=str(gen.dir / "candidates.jsonl"),
+            out=str(d / "kto.jsonl"),
+            on_policy=op,
+            confusion_negatives=inp.confusion_negatives,
+            progress=progress,
         )
     )
     return res.summary

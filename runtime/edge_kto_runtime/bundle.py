@@ -239,12 +239,12 @@ def open_bundle(
 
     ``verify``: True checks every file's size and sha256; an artifact path checks that artifact
     (plus the golden set); False checks only the manifest. ``expect_digest``: the sha256 of
-    ``manifest.json`` printed at export; any other manifest is refused.
+    ``manifest.json`` printed at export; any other manifest is refused. A zip is extracted to
+    ``extract_to``, by default :func:`extraction_folder`.
     """
     root = Path(path)
     if root.is_file() and zipfile.is_zipfile(root):
-        default = root.with_suffix("") if root.suffix.lower() == ".zip" else root.with_name(root.name + ".extracted")
-        root = safe_extract(root, Path(extract_to) if extract_to else default)
+        root = safe_extract(root, Path(extract_to) if extract_to else extraction_folder(root))
     mpath = root / "manifest.json"
     if mpath.is_symlink():
         raise BundleError(f"{mpath}: is a symbolic link; bundles hold plain files only")
@@ -304,6 +304,27 @@ def _zip_stamp(zpath: Path, manifest: bytes) -> dict[str, Any]:
     }
 
 
+def extraction_folder(zpath: Path) -> Path:
+    """Where a zip is extracted by default: ``X.zip`` -> ``X.zip.extracted/`` beside it. Not ``X/``:
+    that is where ``export --zip`` leaves the bundle folder, or where a user keeps their own files."""
+    return zpath.with_name(zpath.name + ".extracted")
+
+
+def _refuse_foreign(dest: Path, zpath: Path) -> None:
+    """Extraction replaces only a folder it made from a zip of this name; anything else is refused."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    try:
+        ours = not dest.is_symlink() and json.loads((dest / _STAMP).read_text())["zip"] == zpath.name
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise BundleError(
+            f"{dest}: exists and was not extracted from {zpath.name}; refusing to replace it "
+            "(move it away, or extract elsewhere: open_bundle(..., extract_to=FOLDER))"
+        )
+
+
 def safe_extract(zpath: Path, dest: Path) -> Path:
     """Extract a zipped bundle, refusing anything that could write outside ``dest`` or fill the disk.
 
@@ -311,7 +332,8 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
     manifest lists are written, each exactly its listed size (a zip bomb or a smuggled extra file
     never lands). Extraction goes to a unique temporary sibling that is renamed into place, so a
     refused archive leaves nothing and concurrent first loads do not collide. A folder extracted
-    from an earlier version of the zip (other size, mtime or manifest) is replaced.
+    from an earlier version of the zip (other size, mtime or manifest) is replaced; any other
+    ``dest`` that exists (a user's folder or file) is refused, never removed.
     """
     with zipfile.ZipFile(zpath) as z:
         infos = {i.filename: i for i in z.infolist()}
@@ -330,6 +352,7 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
         if (dest / "manifest.json").is_file() and _same_stamp(dest, stamp):
             return dest
         sizes = _listed_sizes(parse_manifest(manifest, f"{zpath}!manifest.json"))
+        _refuse_foreign(dest, zpath)
         dest.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(dest.parent, dest.name)  # extractions a killed loader left behind
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name, "extracting"), dir=dest.parent))
@@ -349,7 +372,7 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
                 with z.open(info) as src, open(target, "wb") as out:
                     _copy_capped(src, out, info.file_size, f"{zpath}: entry {name!r}")
             (tmp / _STAMP).write_text(json.dumps(stamp))
-            _swap_in(tmp, dest, stamp)
+            _swap_in(tmp, dest, stamp, zpath)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -371,11 +394,12 @@ def _same_stamp(dest: Path, stamp: dict[str, Any]) -> bool:
         return False
 
 
-def _swap_in(tmp: Path, dest: Path, stamp: dict[str, Any]) -> None:
+def _swap_in(tmp: Path, dest: Path, stamp: dict[str, Any], zpath: Path) -> None:
     """Rename ``tmp`` to ``dest``. When a concurrent loader already put the same extraction there,
     ours is dropped (theirs may be in use); an older extraction is moved aside first and removed."""
     if _same_stamp(dest, stamp):
         return
+    _refuse_foreign(dest, zpath)  # again: something may have appeared there while we extracted
     old = None
     if dest.exists():
         old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name, "old"), dir=dest.parent))

@@ -19,6 +19,8 @@ import pytest
 from edge_kto_runtime.bundle import BundleError, manifest_digest, open_bundle, safe_extract, zip_bundle
 from edge_kto_runtime.cli import main as runtime_main
 
+pytestmark = pytest.mark.integration
+
 ART = "model-q8_0.gguf"
 
 
@@ -109,7 +111,48 @@ def test_a_replaced_zip_is_extracted_again(tiny_bundle, tmp_path):
     _edit(b, lambda m: m.update(name="second-version"))
     shutil.copy2(zip_bundle(b, tmp_path / "v2.zip"), z)
     assert open_bundle(z).manifest["name"] == "second-version"
-    assert first.root == tmp_path / "student"
+    assert first.root == tmp_path / "student.zip.extracted"
+
+
+def test_loading_a_zip_never_removes_what_it_did_not_extract(tiny_bundle, tmp_path, capsys):
+    """Issue 37.1: `photos/` beside `photos.zip`, a plain file `notes` beside `notes.zip`, the bundle
+    folder `export --zip` leaves beside `student.zip`: all stay byte for byte."""
+    b = _small(tiny_bundle, tmp_path / "b")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
+    (tmp_path / "notes").write_text("keep me")
+    for name in ("photos", "notes"):
+        z = zip_bundle(b, tmp_path / f"{name}.zip")
+        assert runtime_main(["verify", str(z)]) == 0
+        assert open_bundle(z).root == tmp_path / f"{name}.zip.extracted"
+    assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"x"
+    assert (tmp_path / "notes").read_text() == "keep me"
+    # the export's own folder beside its zip, with an operator's file in it
+    z = zip_bundle(b, tmp_path / "b.zip")
+    (b / "operator.txt").write_text("mine")
+    assert open_bundle(z).root == tmp_path / "b.zip.extracted"
+    assert (b / "operator.txt").read_text() == "mine" and (b / ART).is_file()
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "symlink"])
+def test_an_extraction_target_the_loader_did_not_make_is_refused_by_name(tiny_bundle, tmp_path, capsys, kind):
+    b = _small(tiny_bundle, tmp_path / "b")
+    z = zip_bundle(b, tmp_path / "s.zip")
+    target = tmp_path / "s.zip.extracted"
+    if kind == "folder":
+        target.mkdir()
+        (target / "manifest.json").write_text("{}")  # looks like a bundle, has no extraction stamp
+    elif kind == "file":
+        target.write_text("a user's file")
+    else:
+        target.symlink_to(b, target_is_directory=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BundleError, match="was not extracted from s.zip; refusing"):
+        open_bundle(z)
+    assert runtime_main(["verify", str(z)]) == 2
+    assert str(target) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing removed, no debris
+    assert open_bundle(z, extract_to=tmp_path / "elsewhere").root == tmp_path / "elsewhere"
 
 
 def test_concurrent_first_loads_of_one_zip_all_succeed(tiny_bundle, tmp_path):

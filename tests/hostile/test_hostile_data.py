@@ -126,6 +126,7 @@ def test_generate_never_truncates_a_file_it_did_not_write(tmp_path):
     assert user.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_generate_resume_refuses_changed_prompts_teacher_or_sampling(tmp_path, tiny_model_dir):
     from edge_kto.generate import GenerateConfig, run_generate
     from edge_kto.teacher.base import SamplingParams, TeacherConfig
@@ -160,6 +161,7 @@ def test_generate_resume_refuses_changed_prompts_teacher_or_sampling(tmp_path, t
     assert len(AppendLog(out).recover()) == 2  # nothing was cut or added by the refused runs
 
 
+@pytest.mark.integration
 def test_train_resume_refuses_other_data_or_learning_rate(tmp_path, tiny_model_dir):
     from edge_kto.train import TrainConfig
     from edge_kto.train.recipe import setup_training
@@ -213,6 +215,7 @@ def test_write_atomic_removes_temp_files_of_killed_writers_only(tmp_path):
     assert sweep_stale(tmp_path, "other.json") == [other]
 
 
+@pytest.mark.integration
 def test_export_sweeps_killed_builds_and_zips_under_the_full_name(tmp_path, tiny_model_dir):
     from edge_kto.export import ExportConfig, run_export
 

@@ -18,6 +18,8 @@ pytest.importorskip("llama_cpp")
 from edge_kto_runtime import load  # noqa: E402
 from edge_kto_runtime.serve import ServeConfig, serve  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 CHAT = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 4}
 
 

@@ -5,6 +5,7 @@ import java.io.FileOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.nio.file.Files;
 import java.util.zip.ZipEntry;
 import java.util.zip.ZipInputStream;
 
@@ -21,9 +22,10 @@ public final class BundleZip {
 
     public static File extract(InputStream zip, File dest) throws IOException, BundleVerifier.BundleException {
         if (dest.exists()) throw new BundleVerifier.BundleException(dest + ": already exists; remove the old bundle first");
-        File tmp = new File(dest.getParentFile(), dest.getName() + ".partial");
-        deleteTree(tmp);
-        if (!tmp.mkdirs()) throw new IOException("cannot create " + tmp);
+        File parent = dest.getAbsoluteFile().getParentFile();
+        if (!parent.isDirectory() && !parent.mkdirs()) throw new IOException("cannot create " + parent);
+        // A unique new folder: an import never removes anything it did not create.
+        File tmp = Files.createTempDirectory(parent.toPath(), "." + dest.getName() + ".partial-").toFile();
         String root = tmp.getCanonicalPath() + File.separator;
         boolean ok = false;
         try (ZipInputStream in = new ZipInputStream(zip)) {

@@ -40,9 +40,16 @@ public class ZipAndSchemaTest {
             }
         }
         File dest = new File(Files.createTempDirectory("zipok").toFile(), "bundle");
+        // A folder of the user's beside the target, named like an old temporary folder: never touched.
+        File users = new File(dest.getParentFile(), "bundle.partial");
+        assertTrue(users.mkdirs());
+        Files.write(new File(users, "keep.txt").toPath(), "mine".getBytes(StandardCharsets.UTF_8));
         BundleZip.extract(new ByteArrayInputStream(bytes.toByteArray()), dest);
         new BundleVerifier(dest).verifyAll();
-        assertFalse(new File(dest.getParentFile(), "bundle.partial").exists());
+        String[] left = dest.getParentFile().list();
+        java.util.Arrays.sort(left);
+        assertEquals("[bundle, bundle.partial]", java.util.Arrays.toString(left));
+        assertEquals("mine", new String(Files.readAllBytes(new File(users, "keep.txt").toPath()), StandardCharsets.UTF_8));
     }
 
     @Test

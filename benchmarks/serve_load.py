@@ -61,6 +61,20 @@ def _one(port: int, max_tokens: int) -> tuple[float, str | None]:
     return time.perf_counter() - t, None
 
 
+def _trickle(port: int, stop: threading.Event, counts: Counter, lock: threading.Lock) -> None:
+    """A slowloris client: a request line, then one header byte per second, reconnecting whenever the
+    server cuts it off (counted), until ``stop``."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                while not stop.wait(1.0):
+                    s.sendall(b"x")
+        except OSError:
+            with lock:
+                counts["cut off"] += 1
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]  # nearest rank
@@ -124,6 +138,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trickle", type=int, default=0, help="slow-trickle connections running beside the load")
     ap.add_argument("--quick", action="store_true", help="16 clients x 4 requests")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     a = ap.parse_args()
@@ -144,13 +159,22 @@ def main() -> int:
         "--allow-failed",
     ] + (["--artifact", a.artifact] if a.artifact else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop, cut, lock = threading.Event(), Counter(), threading.Lock()
+    tricklers = [threading.Thread(target=_trickle, args=(port, stop, cut, lock)) for _ in range(a.trickle)]
     try:
         _wait_ready(port, proc)
         alone = run_load(port, 1, max(5, a.requests), a.max_tokens)
+        for t in tricklers:
+            t.start()
         loaded = run_load(port, a.clients, a.requests, a.max_tokens)
     finally:
+        stop.set()
+        for t in tricklers:
+            t.join()
         proc.terminate()
         proc.wait(timeout=30)
+    loaded["trickle_connections"] = a.trickle
+    loaded["trickle_cut_off"] = cut["cut off"]  # times the server's request deadline closed a trickler
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(sys.argv),
@@ -173,6 +197,8 @@ def main() -> int:
         f"p99 under load = {report['p99_vs_alone_p50']:.1f}x one request alone (the queue: one model, one "
         f"request at a time)"
     )
+    if a.trickle:
+        print(f"{a.trickle} slow-trickle connections beside the load, cut off {cut['cut off']} times")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if loaded["errors"] == 0 and alone["errors"] == 0 else 1

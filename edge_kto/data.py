@@ -254,14 +254,23 @@ def read_task(folder: str | Path) -> Task:
     spec_path = folder / "task.json"
     if not spec_path.exists():
         raise MissingInput(f"{spec_path}: no such file (a task folder needs task.json, train.jsonl, eval.jsonl)")
+    if not spec_path.is_file():
+        raise DataError([DataIssue(str(spec_path), 0, None, "is not a file")])
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError([DataIssue(str(spec_path), 0, None, f"not UTF-8 (byte {e.start})")]) from None
     except json.JSONDecodeError as e:
         raise DataError([DataIssue(str(spec_path), e.lineno, None, f"invalid JSON ({e.msg})")]) from None
+    if not isinstance(spec, dict):
+        raise DataError([DataIssue(str(spec_path), 1, None, f"must be a JSON object, got {type(spec).__name__}")])
     issues = []
     for key in ("name", "verifier"):
         if not isinstance(spec.get(key), str):
             issues.append(DataIssue(str(spec_path), 1, key, "missing or not a string"))
+    for key in ("teacher_context", "system"):  # optional; a string when given
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            issues.append(DataIssue(str(spec_path), 1, key, f"must be a string, got {type(spec[key]).__name__}"))
     if isinstance(spec.get("verifier"), str) and spec["verifier"] not in VERIFIERS:
         issues.append(
             DataIssue(
@@ -283,7 +292,9 @@ def read_task(folder: str | Path) -> Task:
                 )
             ]
         )
-    return Task(spec["name"], spec.get("teacher_context", ""), spec.get("system"), spec["verifier"], train, evl, folder)
+    return Task(
+        spec["name"], spec.get("teacher_context") or "", spec.get("system"), spec["verifier"], train, evl, folder
+    )
 
 
 def _norm(prompt: Prompt) -> str:

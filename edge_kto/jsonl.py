@@ -74,7 +74,7 @@ def iter_jsonl(path: str | Path, issues: list[DataIssue] | None = None) -> Itera
     if not path.exists():
         raise MissingInput(f"{path}: no such file")
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, expected a JSONL file")
+        raise InvalidInput(f"{path}: is a folder, expected a JSONL file")
 
     def bad(lineno: int, msg: str) -> None:
         issue = DataIssue(str(path), lineno, None, msg)
@@ -148,6 +148,7 @@ class AppendLog:
             return []
         data = self.path.read_bytes()
         cut = data.rfind(b"\n") + 1
+        self._refuse_foreign_tail(data[cut:], data[:cut].count(b"\n") + 1, check)
         rows = []
         for lineno, line in enumerate(data[:cut].split(b"\n"), start=1):  # b"\n" only: U+2028 etc. live inside rows
             if not line.strip():
@@ -174,6 +175,34 @@ class AppendLog:
             with self.path.open("r+b") as f:
                 f.truncate(cut)
         return rows
+
+    def _refuse_foreign_tail(self, tail: bytes, lineno: int, check: Callable[[int, dict], str | None] | None) -> None:
+        """A last line without its newline is cut only when it can be a row of ours torn mid-write: the
+        start of a JSON object, or a whole one ``check`` accepts. Anything else (a user's one-line
+        settings file given as the output) is refused, and the file left as it was."""
+        if not tail.strip():
+            return
+        try:
+            row = json.loads(tail.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        problem = None
+        if isinstance(row, dict):
+            problem = check(lineno, row) if check else None
+        elif row is not None or not tail.lstrip().startswith(b"{"):
+            problem = "not the start of a JSON object"
+        if problem:
+            raise DataError(
+                [
+                    DataIssue(
+                        str(self.path),
+                        lineno,
+                        None,
+                        f"{problem}: this file is not this job's output; it was left unchanged "
+                        "(choose another output path)",
+                    )
+                ]
+            )
 
     def append(self, row: dict) -> None:
         if self._fd is None:

@@ -185,6 +185,26 @@ def test_append_log_recovers_after_torn_write(tmp_path):
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"model: qwen\nthreads: 4", b"temperature = 0.7", b'{"theme": "dark", "font": 12}', b"[1, 2, 3]", b"   \xff\xfe"],
+)
+def test_a_one_line_file_without_newline_is_refused_never_cut(tmp_path, content):
+    """Issue 37.7: a user's settings file given as the output lost its only (unterminated) line."""
+    path = tmp_path / "settings"
+    path.write_bytes(content)
+    check = lambda line, row: None if "id" in row else "no 'id'"  # noqa: E731 - a job's own-row rule
+    with pytest.raises(DataError, match="left unchanged"):
+        AppendLog(path).recover(check)
+    assert path.read_bytes() == content
+
+
+def test_a_torn_first_row_is_still_cut(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"id": "p0#0", "prompt_i')  # killed while writing the very first row
+    assert AppendLog(path).recover(lambda line, row: None) == [] and path.read_bytes() == b""
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     out = tmp_path / "o.jsonl"
     write_jsonl_atomic(out, [{"a": 1}])

@@ -34,7 +34,7 @@ def _ggml_types() -> set[str]:
     return {n[len("GGML_TYPE_") :] for n in dir(llama_cpp) if n.startswith("GGML_TYPE_") and n != "GGML_TYPE_COUNT"}
 
 
-def _ftypes() -> set[str]:
+def llama_ftypes() -> set[str]:
     import llama_cpp
 
     return {n[len("LLAMA_FTYPE_MOSTLY_") :] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")} | {"F32"}
@@ -66,7 +66,7 @@ class GgufCandidate:
         return f"model-{tag}.gguf"
 
     def validate(self) -> None:
-        ftypes, ggml = _ftypes(), _ggml_types()
+        ftypes, ggml = llama_ftypes(), _ggml_types()
         if self.type not in ftypes:
             raise CandidateError(f"gguf candidate {self.type!r}: unknown type; llama.cpp knows {sorted(ftypes)}")
         for pattern, t in self.tensor_types.items():

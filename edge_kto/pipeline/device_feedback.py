@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_kto_runtime.errors import UserError
+from edge_kto_runtime.errors import ToolError, UserError
+from edge_kto_runtime.serve_requests import SEED_MAX
 
 from ..jsonl import iter_jsonl
+
+SEED_MAX_PLUS_ONE = SEED_MAX + 1  # per-request seeds are taken modulo this: always a seed the server accepts
 
 
 @dataclass
@@ -67,10 +70,14 @@ def _die_with_parent() -> None:
 class RuntimeServer:
     """``edge-runtime serve BUNDLE`` in a child process, on 127.0.0.1, logging feedback to ``db``."""
 
-    def __init__(self, bundle: Path, db: Path, log: Path, threads: int | None = None):
+    def __init__(self, bundle: Path, db: Path, log: Path, threads: int | None = None, max_tokens: int = 0):
+        """``max_tokens``: the round's answer budget; the server's cap is raised to it (never below its default)."""
+        from edge_kto_runtime.serve import ServeConfig
+
         self.port = _free_port()
         cmd = [sys.executable, "-m", "edge_kto_runtime.cli", "serve", str(bundle), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--feedback-db", str(db)] + (["--threads", str(threads)] if threads else [])
+        cmd += ["--max-tokens-cap", str(max(ServeConfig.max_tokens_cap, max_tokens))]
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -137,17 +144,30 @@ def ask_and_rate(
                 "messages": p.prompt,
                 "temperature": temperature,
                 "max_tokens": max_tokens,
-                "seed": zlib.crc32(f"{seed}:{p.id}:{k}".encode()),  # the same answer when asked again after a kill
+                # the same answer when asked again after a kill; 2^32-1 is llama.cpp's "random", never sent
+                "seed": zlib.crc32(f"{seed}:{p.id}:{k}".encode()) % SEED_MAX_PLUS_ONE,
             }
             r = http.post("/v1/chat/completions", json=body)
-            r.raise_for_status()
+            _refused(r, p.id)
             ans = r.json()
             text = ans["choices"][0]["message"]["content"]
             verify = verifiers.setdefault(p.verifier, get_verifier(p.verifier))
             good = bool(verify(text, p.reference))
             f = http.post("/v1/feedback", json={"request_id": ans["id"], "good": good, "note": f"{p.id}#s{k}"})
-            f.raise_for_status()
+            _refused(f, p.id)
     return len(todo)
+
+
+def _refused(r: Any, prompt_id: str) -> None:
+    """A request the round's own server refused: name the training prompt and give the server's reason."""
+    if r.status_code < 400:
+        return
+    try:
+        reason = r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        reason = r.text[:500]
+    err = UserError if r.status_code < 500 else ToolError
+    raise err(f"training prompt {prompt_id!r}: the round's edge-runtime serve answered {r.status_code}: {reason}")
 
 
 def collect(
@@ -179,7 +199,7 @@ def collect(
     done = _rated_notes(db, digest)
     asked = 0
     if len(done) < len(prompts) * samples:
-        server = RuntimeServer(bundle, db, d / "serve.log")
+        server = RuntimeServer(bundle, db, d / "serve.log", max_tokens=max_tokens)
         try:
             server.wait_ready()
             asked = ask_and_rate(server.base, prompts, samples, temperature, max_tokens, seed, done, progress)

@@ -17,6 +17,7 @@ same rows from its last checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,10 +64,21 @@ class RoundsSection:
             errs.append("samples: must be >= 1 (a round learns from the student's own answers)")
         if not 0.0 <= self.teacher_fraction <= 1.0:
             errs.append("teacher_fraction: must be within [0, 1]")
-        if self.temperature <= 0:
+        if not 0 < self.temperature < math.inf:  # also NaN
             errs.append("temperature: must be > 0 (greedy answers repeat: one row per prompt at most)")
-        if self.nll_weight is not None and self.nll_weight < 0:
+        if not 0 < self.lr < math.inf:
+            errs.append(f"lr: must be a finite number > 0, got {self.lr!r}")
+        if not 0 < self.epochs < math.inf:
+            errs.append(f"epochs: must be > 0, got {self.epochs!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            errs.append(f"max_steps: must be >= 1 when given, got {self.max_steps!r}")
+        if self.nll_weight is not None and not 0 <= self.nll_weight < math.inf:
             errs.append("nll_weight: must be >= 0")
+        if self.source == "device":
+            from ..export.candidates import llama_ftypes
+
+            if self.serve_quant not in llama_ftypes():
+                errs.append(f"serve_quant: unknown GGUF type {self.serve_quant!r} (e.g. Q8_0, Q4_K_M)")
         if errs:
             raise InvalidInput("rounds: " + "; ".join(errs))
 

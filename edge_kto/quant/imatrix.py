@@ -148,6 +148,13 @@ def read_imatrix(path: str | Path) -> Imatrix:
         r = gguf.GGUFReader(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a GGUF imatrix"
         raise ImatrixError(f"{path}: not a GGUF importance matrix ({e})") from None
+    try:
+        return _imatrix_from(r, path)
+    except (IndexError, KeyError, TypeError, ValueError) as e:  # UnicodeDecodeError too: a damaged field
+        raise ImatrixError(f"{path}: a damaged GGUF importance matrix ({type(e).__name__}: {e})") from None
+
+
+def _imatrix_from(r: Any, path: Path) -> Imatrix:
     kind = r.fields.get("general.type")
     if kind is None or bytes(kind.parts[kind.data[0]]).decode() != "imatrix":
         raise ImatrixError(f"{path}: a GGUF file but not an importance matrix (general.type != imatrix)")

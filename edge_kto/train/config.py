@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,9 @@ class TrainConfig:
             errs.append("max_steps: must be >= 1 when given")
         if self.epochs <= 0 and not self.max_steps:
             errs.append("epochs: must be > 0")
-        if self.beta <= 0:
-            errs.append("beta: must be > 0")
+        for name in ("lr", "sft_lr", "beta"):  # also NaN and inf: a torch traceback after the model loads otherwise
+            if not 0 < getattr(self, name) < math.inf:
+                errs.append(f"{name}: must be a finite number > 0, got {getattr(self, name)!r}")
         if self.nll_weight < 0:
             errs.append("nll_weight: must be >= 0")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:

@@ -2,8 +2,10 @@
 
 A write goes to a temporary file in the same folder, is fsynced, renamed over the target, and the
 folder is fsynced so the rename itself survives a power cut. Temporary names carry the writer's
-pid (``.NAME.TAG-PID-RANDOM``): a later writer of the same NAME removes those whose process is
-gone, so ``kill -9`` never leaves debris that grows run after run. ``edge_kto`` uses this module
+pid and, where the OS tells it, the process's start time (``.NAME.TAG-PID@START-RANDOM``): a later
+writer of the same NAME removes those whose process is gone, or whose pid now belongs to a process
+started at another time (pid reuse; in a container every run may be pid 1), so ``kill -9`` never
+leaves debris that grows run after run. ``edge_kto`` uses this module
 too (one implementation for the server and the device).
 """
 
@@ -16,21 +18,35 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)-")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)(?:@(?P<start>\d+))?-")
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def temp_prefix(name: str, tag: str) -> str:
     """Prefix for a temporary sibling of ``name`` owned by this process (see :func:`sweep_stale`)."""
-    return f".{name}.{tag}-{os.getpid()}-"
+    start = _start_ticks(os.getpid())
+    return f".{name}.{tag}-{os.getpid()}{'' if start is None else f'@{start}'}-"
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, start: int | None = None) -> bool:
+    """The writer still runs: its pid exists and, when its start time was recorded, started then."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
+        pass
+    if start is not None:
+        now = _start_ticks(pid)
+        return now is None or now == start
     return True
 
 
@@ -39,7 +55,7 @@ def sweep_stale(folder: str | Path, name: str) -> list[Path]:
     gone = []
     for p in Path(folder).glob(f".{glob.escape(name)}.*"):
         m = _TEMP.match(p.name)
-        if m is None or m["name"] != name or _alive(int(m["pid"])):
+        if m is None or m["name"] != name or _alive(int(m["pid"]), int(m["start"]) if m["start"] else None):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

@@ -52,6 +52,7 @@ class BenchConfig:
     prompts_file: str | None = None
     n_turn: int = 32  # user-turn tokens after the cached system prompt (prefix_cache)
     prefix_state: str | None = None  # llama.cpp: persist/restore the system prompt's KV state here
+    expect_digest: str | None = None  # the manifest sha256 printed at export; any other manifest is refused
 
 
 def _synthetic_ids(m: EdgeModel, n: int, rng: random.Random) -> list[int]:
@@ -174,7 +175,7 @@ def peak_rss_mb() -> float:
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from .bundle import open_bundle
 
-    b = open_bundle(cfg.bundle, verify=True)
+    b = open_bundle(cfg.bundle, verify=True, expect_digest=cfg.expect_digest)
     names = cfg.artifacts or ([a.path for a in b.artifacts] if cfg.compare else [])
     t = time.perf_counter()
     models = [load(b.root, artifact=n or None, n_threads=cfg.threads, verify=False) for n in (names or [""])]

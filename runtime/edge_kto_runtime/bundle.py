@@ -16,6 +16,7 @@ A bundle is a folder (optionally zipped) with ``manifest.json``::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,9 +24,10 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from .atomic import sweep_stale, temp_prefix
 from .backends import BACKENDS
@@ -151,7 +153,9 @@ def validate_manifest(m: Any, where: str) -> None:
         raise BundleError(f"{where}: field 'generation.temperature': expected a number, got {gen['temperature']!r}")
     if "golden" in m:
         _check_entry(m["golden"], where, "golden")
-        _safe_rel(m["golden"].get("path", ""), where)
+        if not isinstance(m["golden"].get("path"), str) or not m["golden"]["path"]:
+            raise BundleError(f"{where}: field 'golden.path': expected a file name, got {m['golden'].get('path')!r}")
+        _safe_rel(m["golden"]["path"], where)
 
 
 def _str_list(v: Any) -> bool:
@@ -216,18 +220,57 @@ def verify_bundle(b: Bundle, arts: list[Artifact] | None = None) -> None:
         _verify_file(b.file(b.manifest["golden"]["path"]), b.manifest["golden"], b.root)
 
 
+def can_pin(art: Artifact) -> bool:
+    """Whether :func:`pinned_artifact` verifies ``art`` itself (then a full verify can leave it out)."""
+    return not art.is_dir and Path("/proc/self/fd").is_dir()
+
+
+@contextlib.contextmanager
+def pinned_artifact(b: Bundle, art: Artifact, verify: bool) -> Iterator[Path]:
+    """The path a backend should open ``art`` by. For a single-file artifact on Linux, with ``verify``,
+    the file is opened once, hashed through that descriptor, and handed over as ``/proc/self/fd/N``:
+    the backend maps exactly the bytes that were verified, even if the file is replaced in between
+    (a verify-then-reopen-by-path gap otherwise). Folder artifacts and other systems get the path."""
+    path = b.file(art.path.rstrip("/"))
+    if not verify or not can_pin(art):
+        yield path
+        return
+    _inside(b.root, path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot open the artifact ({e.strerror})") from None
+    try:
+        h, size = hashlib.sha256(), 0
+        while chunk := os.read(fd, _CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+        if size != art.entry["bytes"] or h.hexdigest() != art.entry["sha256"].lower():
+            raise BundleError(f"{path}: does not match the manifest ({size} bytes, sha256 {h.hexdigest()}); refused")
+        os.lseek(fd, 0, os.SEEK_SET)
+        yield Path(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 def manifest_digest(root: str | Path) -> str:
     """sha256 of ``manifest.json``: the bundle's integrity root (the manifest holds every other file's hash)."""
     return sha256_file(Path(root) / "manifest.json")
 
 
+def gate_result(b: Bundle, path: str) -> dict[str, Any] | None:
+    """The export's alignment-gate record for one artifact (folder artifacts with or without their slash)."""
+    per = (b.manifest.get("alignment") or {}).get("per_artifact") or {}
+    r = per.get(path) or per.get(path.rstrip("/")) or per.get(path.rstrip("/") + "/")
+    return r if isinstance(r, dict) else None
+
+
 def failed_artifacts(b: Bundle) -> dict[str, list[str]]:
     """Artifacts the export's alignment gate marked as failed: {path: failures}."""
-    per = (b.manifest.get("alignment") or {}).get("per_artifact") or {}
     out = {}
     for a in b.artifacts:
-        r = per.get(a.path) or per.get(a.path.rstrip("/")) or per.get(a.path.rstrip("/") + "/")
-        if isinstance(r, dict) and r.get("passed") is False:
+        r = gate_result(b, a.path)
+        if r is not None and r.get("passed") is False:
             out[a.path] = [str(f) for f in r.get("failures") or []] or ["passed: false"]
     return out
 
@@ -243,7 +286,11 @@ def open_bundle(
     ``extract_to``, by default :func:`extraction_folder`.
     """
     root = Path(path)
-    if root.is_file() and zipfile.is_zipfile(root):
+    if root.is_file():  # a zip, or a damaged one (a truncated zip has no central directory: not is_zipfile)
+        with open(root, "rb") as f:
+            magic = f.read(4)
+        if not (zipfile.is_zipfile(root) or magic == b"PK\x03\x04" or root.suffix.lower() == ".zip"):
+            raise BundleError(f"{root}: not a bundle (a file that is neither a bundle folder nor a zip)")
         root = safe_extract(root, Path(extract_to) if extract_to else extraction_folder(root))
     mpath = root / "manifest.json"
     if mpath.is_symlink():
@@ -335,8 +382,14 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
     from an earlier version of the zip (other size, mtime or manifest) is replaced; any other
     ``dest`` that exists (a user's folder or file) is refused, never removed.
     """
-    with zipfile.ZipFile(zpath) as z:
-        infos = {i.filename: i for i in z.infolist()}
+    with _open_zip(zpath) as z:
+        infos: dict[str, zipfile.ZipInfo] = {}
+        seen: set[str] = set()
+        for i in z.infolist():
+            if i.filename.rstrip("/") in seen:
+                raise BundleError(f"{zpath}: entry {i.filename!r} appears twice; an ambiguous archive is refused")
+            seen.add(i.filename.rstrip("/"))
+            infos[i.filename] = i
         for info in infos.values():  # every entry's name and type first: nothing hostile is even read
             if info.filename.rstrip("/"):
                 _safe_rel(info.filename.rstrip("/"), str(zpath))
@@ -347,12 +400,13 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
             raise BundleError(f"{zpath}: not a bundle (no manifest.json in the zip)")
         if mi.file_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{zpath}: manifest.json is {mi.file_size} bytes, over {MAX_MANIFEST_BYTES}")
-        manifest = z.read(mi)
+        manifest = _read_entry(z, mi, zpath)
         stamp = _zip_stamp(zpath, manifest)
         if (dest / "manifest.json").is_file() and _same_stamp(dest, stamp):
             return dest
         sizes = _listed_sizes(parse_manifest(manifest, f"{zpath}!manifest.json"))
         _refuse_foreign(dest, zpath)
+        _refuse_oversized(zpath, dest, sum(max(n, 0) for n in sizes.values()) + len(manifest))
         dest.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(dest.parent, dest.name)  # extractions a killed loader left behind
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name, "extracting"), dir=dest.parent))
@@ -369,13 +423,54 @@ def safe_extract(zpath: Path, dest: Path) -> Path:
                     )
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(info) as src, open(target, "wb") as out:
-                    _copy_capped(src, out, info.file_size, f"{zpath}: entry {name!r}")
+                try:
+                    with z.open(info) as src, open(target, "wb") as out:
+                        _copy_capped(src, out, info.file_size, f"{zpath}: entry {name!r}")
+                except _DAMAGED as e:
+                    raise BundleError(f"{zpath}: damaged zip, entry {name!r} ({e})") from None
             (tmp / _STAMP).write_text(json.dumps(stamp))
             _swap_in(tmp, dest, stamp, zpath)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+#: How many times its own size a zipped bundle may unpack to. Export stores weights uncompressed (GGUF and
+#: ONNX weights do not compress), so a real bundle unpacks to about 1x; zeros deflate a thousandfold.
+MAX_UNPACK_RATIO = 4
+
+
+# What a damaged, encrypted or exotic archive raises while an entry is read (bad CRC, a password, an
+# unknown compression method, a cut stream): each is "damaged zip", never a traceback.
+_DAMAGED = (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error, OSError, ValueError)
+
+
+def _read_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, zpath: Path) -> bytes:
+    try:
+        return z.read(info)
+    except _DAMAGED as e:
+        raise BundleError(f"{zpath}: damaged zip, entry {info.filename!r} ({e})") from None
+
+
+def _open_zip(zpath: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zpath)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise BundleError(f"{zpath}: damaged zip ({e})") from None
+
+
+def _refuse_oversized(zpath: Path, dest: Path, total: int) -> None:
+    """Refuse before writing a byte: an archive that unpacks to far more than its own size (a zip bomb
+    with a manifest that lists it), or to more than the destination's free space."""
+    size = zpath.stat().st_size
+    if total > MAX_UNPACK_RATIO * max(size, 1 << 20):
+        raise BundleError(
+            f"{zpath}: its manifest lists {total} bytes, {total / max(size, 1):.0f}x the {size}-byte zip "
+            f"(more than {MAX_UNPACK_RATIO}x: a compression bomb, not an export); refused"
+        )
+    free = shutil.disk_usage(dest.parent if dest.parent.exists() else zpath.parent).free
+    if total > free:
+        raise BundleError(f"{zpath}: unpacks to {total} bytes, {dest.parent} has {free} free; refused")
 
 
 def _copy_capped(src: Any, out: Any, limit: int, where: str) -> None:

@@ -290,13 +290,15 @@ def run_device_check(
     artifacts: list[str] | None = None,
     thresholds: dict[str, float] | None = None,
     n_threads: int | None = None,
+    expect_digest: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The check a device runs on its own copy: fp values from ``golden.jsonl`` only (top-k KL)."""
+    """The check a device runs on its own copy: fp values from ``golden.jsonl`` only (top-k KL).
+    ``expect_digest``: the manifest sha256 printed at export; any other manifest is refused."""
     from .bundle import open_bundle
     from .model import load
     from .verifiers import get_verifier
 
-    b = open_bundle(bundle, verify=True)
+    b = open_bundle(bundle, verify=True, expect_digest=expect_digest)
     g = b.manifest.get("golden")
     if not g:
         raise InvalidInput(f"{b.root}: the bundle has no golden set")

@@ -36,7 +36,9 @@ def cmd_check(a: argparse.Namespace) -> int:
     from .bundle import open_bundle
     from .check import markdown_table, run_device_check
 
-    results = run_device_check(a.bundle, a.artifact, thresholds=_thresholds(a.threshold), n_threads=a.threads)
+    results = run_device_check(
+        a.bundle, a.artifact, thresholds=_thresholds(a.threshold), n_threads=a.threads, expect_digest=a.expect_digest
+    )
     if a.json:
         print(json.dumps(results, indent=2))
     else:
@@ -60,7 +62,9 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_generate(a: argparse.Namespace) -> int:
     from .model import load
 
-    with load(a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads) as m:
+    with load(
+        a.bundle, backend=a.backend, artifact=a.artifact, n_threads=a.threads, expect_digest=a.expect_digest
+    ) as m:
         prompt = [{"role": "user", "content": a.prompt}] if not a.raw else a.prompt
         for piece in m.stream(prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed):
             print(piece, end="", flush=True)
@@ -77,7 +81,7 @@ def _default_db(bundle: str) -> str:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .model import load
-    from .serve import ServeConfig, serve
+    from .serve import ServeConfig, check_bindable, serve
 
     cfg = ServeConfig(
         host=a.host,
@@ -90,9 +94,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         allowed_hosts=tuple(a.allowed_host or ()),
         cors_origins=tuple(a.cors_origin or ()),
         max_connections=a.max_connections,
+        max_connections_per_client=a.max_connections_per_client,
         timeout_s=a.timeout,
+        request_deadline_s=a.request_deadline,
     )
     cfg.validate()  # before the (slow) load: a bad flag fails at once
+    check_bindable(cfg.host, cfg.port)  # and so does a port in use
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.api_key:
         print(
             f"edge-runtime: warning: serving on {a.host} without --api-key: anyone on the network can use it",
@@ -196,6 +203,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         prompts_file=a.prompts,
         n_turn=a.n_turn,
         prefix_state=a.prefix_state,
+        expect_digest=a.expect_digest,
     )
     if a.url:
         from .bench_http import run_http_bench
@@ -242,6 +250,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _expect_digest_flag(p: argparse.ArgumentParser) -> None:
+    """The pin every verb that loads a bundle takes: the manifest digest printed at export."""
+    p.add_argument(
+        "--expect-digest",
+        metavar="SHA256",
+        help="refuse the bundle unless its manifest.json has this sha256 (printed by edge-kto export)",
+    )
+
+
 #: ServeConfig's defaults, shown and used by `edge-runtime serve` (one source: the dataclass).
 _SERVE = ServeConfig()
 
@@ -260,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int)
     g.add_argument("--threads", type=int)
+    _expect_digest_flag(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help="re-run the alignment check on this device (exit 3 on failure)")
@@ -273,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="override one of the export's gate thresholds (e.g. kld_mean_max=0.1); repeatable",
     )
+    _expect_digest_flag(c)
     c.set_defaults(func=cmd_check)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (127.0.0.1 unless --host)")
@@ -308,10 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections served at once (503 beyond)",
     )
     s.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        help="open connections one client address may hold (default: 3/4 of --max-connections)",
+    )
+    s.add_argument(
         "--timeout", type=float, default=_SERVE.timeout_s, help="seconds a socket may stay silent before it is closed"
     )
+    s.add_argument(
+        "--request-deadline",
+        type=float,
+        default=_SERVE.request_deadline_s,
+        help="seconds a request (line, headers, body) has to arrive whole; a slower client is cut off",
+    )
     s.add_argument("--allow-failed", action="store_true", help="serve an artifact the export's gate marked failed")
-    s.add_argument("--expect-digest", metavar="SHA256", help="refuse the bundle unless its manifest has this sha256")
+    _expect_digest_flag(s)
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
 
@@ -347,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--api-key")
     bn.add_argument("--out", default="bench-out")
     bn.add_argument("--quiet", action="store_true")
+    _expect_digest_flag(bn)
     bn.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("feedback", help="the on-device feedback log").add_subparsers(

@@ -12,12 +12,13 @@ data for the current one, and a training round must be able to tell them apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .atomic import write_atomic
 from .errors import InvalidInput, MissingInput, UserError
@@ -40,8 +41,33 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
+#: ``PRAGMA application_id`` of a feedback log ("EKTO"): how a log is told from another program's SQLite file.
+APPLICATION_ID = 0x454B544F
+_COLUMNS = {
+    "completions": {"request_id", "created", "model", "prompt", "completion", "bundle"},
+    "feedback": {"request_id", "good", "note", "created"},
+}
+
+
 class UnknownRequest(UserError, KeyError):
     pass
+
+
+def _recognise(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse, before anything is written, a SQLite file that is not a feedback log: another
+    application's id, or tables this schema does not have. A file with no tables becomes a log; one
+    with exactly our tables and no id (an older log, or the Android app's) is adopted."""
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    if app_id == APPLICATION_ID:
+        return
+    names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    tables = {n: {c[1] for c in db.execute(f'PRAGMA table_info("{n}")')} for n in names if not n.startswith("sqlite_")}
+    ours = all(n in _COLUMNS and _COLUMNS[n] - {"bundle"} <= cols <= _COLUMNS[n] for n, cols in tables.items())
+    if app_id != 0 or not ours:
+        raise InvalidInput(
+            f"{path}: not an edge-kto feedback log (application_id {app_id:#x}, tables {sorted(tables) or 'none'}); "
+            "refusing to read or write it"
+        )
 
 
 class FeedbackStore:
@@ -56,15 +82,21 @@ class FeedbackStore:
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            _recognise(self._db, self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as e:
-            raise InvalidInput(f"{self.path}: not a feedback log ({e})") from None
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        if "bundle" not in {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}:
-            self._db.execute("ALTER TABLE completions ADD COLUMN bundle TEXT")  # a log from before the column
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            if "bundle" not in {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}:
+                self._db.execute("ALTER TABLE completions ADD COLUMN bundle TEXT")  # a log from before the column
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # not SQLite, or a damaged schema page
+            self._db.close()
+            raise InvalidInput(f"{self.path}: not a feedback log, or a damaged one ({e})") from None
+        except InvalidInput:
+            self._db.close()
+            raise
 
     def log_completion(self, request_id: str, prompt: Any, completion: str, model: str | None = None) -> None:
         with self._lock:
@@ -87,7 +119,7 @@ class FeedbackStore:
     def rows(self, bundle: str | None = None) -> list[dict[str, Any]]:
         """Rated completions, oldest rating first; ``bundle``: only those that bundle served."""
         where, args = ("WHERE c.bundle = ? ", (bundle,)) if bundle else ("", ())
-        with self._lock:
+        with self._lock, self._damaged():
             cur = self._db.execute(
                 "SELECT c.request_id, c.prompt, c.completion, f.good, f.note, c.model, c.bundle FROM feedback f "
                 f"JOIN completions c USING (request_id) {where}ORDER BY f.created",
@@ -95,7 +127,12 @@ class FeedbackStore:
             )
             out = []
             for rid, prompt, completion, good, note, model, digest in cur.fetchall():
-                p = json.loads(prompt)
+                try:
+                    p = json.loads(prompt)
+                except (TypeError, ValueError):
+                    raise InvalidInput(f"{self.path}: completion {rid!r}: its prompt is not JSON") from None
+                if not isinstance(completion, str):
+                    raise InvalidInput(f"{self.path}: completion {rid!r}: its text is not a string")
                 row = {
                     "id": rid,
                     "prompt": p if isinstance(p, list) else str(p),
@@ -112,8 +149,16 @@ class FeedbackStore:
                 out.append(row)
             return out
 
+    @contextlib.contextmanager
+    def _damaged(self) -> Iterator[None]:
+        """A damaged database (a corrupt page, a truncated file) is bad input naming the file, not a traceback."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"{self.path}: damaged feedback log ({e})") from None
+
     def counts(self) -> dict[str, int]:
-        with self._lock:
+        with self._lock, self._damaged():
             n = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
             good = self._db.execute("SELECT COUNT(*), COALESCE(SUM(good), 0) FROM feedback").fetchone()
         return {"completions": n, "rated": good[0], "good": good[1], "bad": good[0] - good[1]}

@@ -13,7 +13,11 @@ not mid-generation; ``tests/test_llama_engine.py`` pins the behaviour each one i
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,16 +73,20 @@ class LlamaEngine:
         self, path: str | Path, n_ctx: int, n_threads: int | None = None, use_mmap: bool = True, seed: int = 0
     ):
         n_threads = n_threads or default_n_threads()
-        self.path, self.n_threads = Path(path), n_threads
-        self.llm = llama_cpp.Llama(
-            str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            use_mmap=use_mmap,
-            seed=seed,
-            verbose=False,
-        )
+        # a pinned artifact arrives as /proc/self/fd/N: messages name the file it is
+        self.path, self.n_threads = Path(os.path.realpath(path)), n_threads
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                use_mmap=use_mmap,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError:  # llama-cpp-python says so for a file llama.cpp cannot read as a model
+            raise InvalidInput(f"{self.path}: llama.cpp cannot load this GGUF") from None
         try:
             check_private_api(self.llm)
         except MissingDependency:
@@ -242,29 +250,42 @@ class LlamaEngine:
         self.llm.eval(ids)
         st = self.llm.save_state()
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            key=np.array(key),
-            input_ids=st.input_ids,
-            scores=st.scores,
-            n_tokens=np.array(st.n_tokens),
-            seed=np.array(st.seed),
-            llama_state=np.frombuffer(st.llama_state, dtype=np.uint8),
-        )
+        arrays = {
+            "input_ids": st.input_ids,
+            "scores": st.scores,
+            "n_tokens": np.array(st.n_tokens),
+            "seed": np.array(st.seed),
+            "llama_state": np.frombuffer(st.llama_state, dtype=np.uint8),
+        }
+        np.savez(buf, key=np.array(key), digest=np.array(_state_digest(arrays)), **arrays)
         return buf.getvalue()
 
     def load_state(self, path: Path, key: str) -> int:
         """Restore a state saved for ``key``; returns how many prompt tokens it covers."""
         try:
-            z = np.load(path, allow_pickle=False)
-            saved = str(z["key"])
-        except (OSError, ValueError, KeyError) as e:
+            with np.load(path, allow_pickle=False) as z:
+                saved, digest = str(z["key"]), str(z["digest"])
+                arrays = {k: z[k] for k in ("input_ids", "scores", "n_tokens", "seed", "llama_state")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise InvalidInput(f"{path}: not a prefix state file ({e})") from None
         if saved != key:
             raise InvalidInput(f"{path}: a prefix state for another model or prompt; refused")
-        state = z["llama_state"].tobytes()
+        # The payload goes to llama.cpp's own parser: only an intact one (its digest), of this context's shape.
+        if digest != _state_digest(arrays):
+            raise InvalidInput(f"{path}: the prefix state is damaged (digest mismatch); refused")
+        n, n_ctx, ids, scores = arrays["n_tokens"], self.llm.n_ctx(), arrays["input_ids"], arrays["scores"]
+        if (
+            ids.shape != (n_ctx,)
+            or scores.ndim != 2
+            or not 0 < scores.shape[0] <= n_ctx
+            or scores.shape[1] != self.llm.n_vocab()
+            or n.shape != ()
+            or not 0 <= int(n) <= n_ctx
+        ):
+            raise InvalidInput(f"{path}: the prefix state does not fit this model's context; refused")
+        state = arrays["llama_state"].tobytes()
         self.llm.load_state(
-            llama_cpp.LlamaState(z["input_ids"], z["scores"], int(z["n_tokens"]), state, len(state), int(z["seed"]))
+            llama_cpp.LlamaState(arrays["input_ids"], arrays["scores"], int(n), state, len(state), int(arrays["seed"]))
         )
         return self.llm.n_tokens
 
@@ -273,3 +294,13 @@ class LlamaEngine:
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None
+
+
+def _state_digest(arrays: dict[str, Any]) -> str:
+    """sha256 over a saved state's arrays (dtype, shape, bytes): a damaged file is refused, not parsed."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -16,7 +16,17 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from .backends import BACKENDS, Backend, BackendMissing, BackendSpec, log_softmax, resolve_backends
-from .bundle import Artifact, Bundle, BundleError, failed_artifacts, open_bundle, verify_bundle
+from .bundle import (
+    Artifact,
+    Bundle,
+    BundleError,
+    can_pin,
+    failed_artifacts,
+    gate_result,
+    open_bundle,
+    pinned_artifact,
+    verify_bundle,
+)
 from .chat import TemplateError, render_chat
 from .completion import split_completion
 from .defaults import DEVICE_MAX_NEW_TOKENS, N_CTX, default_threads
@@ -111,12 +121,14 @@ def load(
         if require_passed:
             raise FailedArtifact(msg + " — refused (load it anyway with require_passed=False / --allow-failed)")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    if verify:
-        verify_bundle(b)  # every file: a bundle with any mismatched hash is refused, not only its loaded artifact
+    if verify:  # every file: a bundle with any mismatched hash is refused, not only its loaded artifact
+        # (the loaded one is hashed by pinned_artifact, through the descriptor the backend then maps)
+        verify_bundle(b, [a for a in b.artifacts if not (a.path == art.path and can_pin(a))])
     t1 = time.perf_counter()
     n_ctx = n_ctx or int(b.manifest.get("generation", {}).get("n_ctx", N_CTX))
     n_threads = n_threads or default_threads()
-    be = BACKENDS[art.backend].open(b.file(art.path.rstrip("/")), n_ctx, n_threads)
+    with pinned_artifact(b, art, verify) as path:  # the verified bytes, not whatever the path holds later
+        be = BACKENDS[art.backend].open(path, n_ctx, n_threads)
     m = EdgeModel(b, art, be, verify_s=t1 - t0, load_s=time.perf_counter() - t1, n_threads=n_threads)
     if feedback_db is not None:
         from .bundle import manifest_digest
@@ -353,7 +365,13 @@ class EdgeModel:
             "n_threads": self.n_threads,
             "verify_s": round(self.verify_s, 4),
             "load_s": round(self.load_s, 4),
+            # the export's alignment gate on this artifact: "passed", "failed" (loaded anyway), or "not run"
+            "gate": self.gate_verdict(),
         }
+
+    def gate_verdict(self) -> str:
+        r = gate_result(self.bundle, self.artifact.path)
+        return "not run" if r is None or "passed" not in r else "passed" if r["passed"] else "failed"
 
     # ------------------------------------------------------------ token-level door (bench, check, server)
     # Callers use these, never ``m.backend``: EdgeModel is the one owner of the backend, and what a

@@ -10,8 +10,9 @@ in ``cors_origins``; POST bodies must be ``application/json`` (no CSRF through a
 optional bearer token compared in constant time. Bodies over ``max_body_bytes`` get 413 (also in
 answer to ``Expect: 100-continue``, before the body is sent); ``max_tokens`` above the cap 400.
 Every error answers with JSON and closes the connection when the body was not read, so a body can
-never be parsed as the next request. Sockets time out (``timeout_s``) and at most
-``max_connections`` are served at once (503 beyond), so stalled clients cannot pin threads.
+never be parsed as the next request. Sockets time out (``timeout_s``), a request must arrive whole
+within ``request_deadline_s`` (a slow trickle is cut off), and at most ``max_connections`` are
+served at once (503 beyond), so stalled clients cannot pin threads.
 
 One model instance: requests are accepted concurrently and generate one at a time (a lock), so
 concurrent clients queue, never error. A completion is logged for feedback *before* it is sent.
@@ -20,6 +21,7 @@ concurrent clients queue, never error. A completion is logged for feedback *befo
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import queue
 import socket
@@ -52,17 +54,40 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP literals; "*" = any
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     max_connections: int = 128
+    # connections one client address may hold at once (None: 3/4 of max_connections), so one address
+    # cannot take every slot; the rest stay free for everyone else
+    max_connections_per_client: int | None = None
     timeout_s: float = 30.0  # per socket read/write: an idle or stalled client frees its thread
+    # a request's line, headers and body must all arrive within this many seconds of the server starting to
+    # read it (a client trickling one byte per second cannot hold a connection slot longer than this)
+    request_deadline_s: float = 10.0
     backlog: int = 128  # pending connections the kernel queues (the stdlib default, 5, resets bursts)
 
     def validate(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInput("api_key is empty: pass a real key, or none to serve without authentication")
+        if self.max_connections_per_client is not None and self.max_connections_per_client < 1:
+            raise InvalidInput("max_connections_per_client must be >= 1")
         for name in ("max_body_bytes", "max_tokens_cap", "max_connections", "backlog"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be >= 1")
-        if self.timeout_s <= 0:
-            raise InvalidInput("timeout_s must be > 0")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InvalidInput(f"port must be 0..65535, got {self.port!r}")
+        for name in ("timeout_s", "request_deadline_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise InvalidInput(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Bind and release ``(host, port)`` now: a port in use is a clear error before a slow model load."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (TIME_WAIT is fine)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InvalidInput(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 class EdgeServer(ThreadingHTTPServer):
@@ -74,6 +99,9 @@ class EdgeServer(ThreadingHTTPServer):
         self.name = cfg.model_name or str(model.bundle.manifest.get("name") or "edge-kto")
         self.gen_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(cfg.max_connections)
+        self.per_client = cfg.max_connections_per_client or max(1, cfg.max_connections * 3 // 4)
+        self.by_client: dict[str, int] = {}
+        self.by_client_lock = threading.Lock()
         digest = manifest_digest(model.bundle.root) if cfg.feedback_db else None
         self.feedback = FeedbackStore(cfg.feedback_db, bundle=digest) if cfg.feedback_db else None
         self.started = time.time()
@@ -83,22 +111,42 @@ class EdgeServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((cfg.host, cfg.port), Handler)
 
+    def _busy(self, request: Any, why: str) -> None:
+        """503 now rather than queue a thread."""
+        body = json.dumps({"error": {"message": f"{why}; retry", "type": "server_busy"}}).encode()
+        try:
+            request.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _client_slot(self, addr: str, delta: int) -> bool:
+        """Count ``addr``'s open connections; False (nothing counted) when it already holds its share."""
+        with self.by_client_lock:
+            n = self.by_client.get(addr, 0)
+            if delta > 0 and n >= self.per_client:
+                return False
+            if n + delta:
+                self.by_client[addr] = n + delta
+            else:
+                self.by_client.pop(addr, None)
+            return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):  # at the cap: answer 503 now rather than queue a thread
-            body = b'{"error": {"message": "too many open connections; retry", "type": "server_busy"}}'
-            try:
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
+        addr = str(client_address[0])
+        if not self._client_slot(addr, +1):
+            return self._busy(request, "too many open connections from this address")
+        if not self.slots.acquire(blocking=False):  # at the cap
+            self._client_slot(addr, -1)
+            return self._busy(request, "too many open connections")
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
+            self._client_slot(addr, -1)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -106,6 +154,7 @@ class EdgeServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+            self._client_slot(str(client_address[0]), -1)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is routine, not a traceback; anything else is printed."""
@@ -121,6 +170,29 @@ class EdgeServer(ThreadingHTTPServer):
             self.feedback.close()
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side with the handler's request deadline: each read waits at most the time
+    left (and never longer than ``timeout_s``); past the deadline it raises TimeoutError, which closes
+    the connection (``EdgeServer.handle_error`` treats it as routine)."""
+
+    def __init__(self, sock: socket.socket, handler: "Handler"):
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        timeout = self.handler.server.cfg.timeout_s
+        left = self.handler._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive whole within the request deadline")
+        self.sock.settimeout(min(timeout, left))
+        try:
+            return self.sock.recv_into(b)
+        finally:
+            self.sock.settimeout(timeout)  # writes keep the per-operation timeout
+
+
 class Handler(BaseHTTPRequestHandler):
     server: EdgeServer
     protocol_version = "HTTP/1.1"
@@ -128,6 +200,13 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.cfg.timeout_s  # StreamRequestHandler applies it to the socket
         super().setup()
+        self._deadline = time.monotonic() + self.server.cfg.request_deadline_s
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        """Each request gets ``request_deadline_s`` to arrive whole (line, headers, body)."""
+        self._deadline = time.monotonic() + self.server.cfg.request_deadline_s
+        super().handle_one_request()
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet by default; the CLI can turn this on
         if self.server.verbose:
@@ -164,6 +243,11 @@ class Handler(BaseHTTPRequestHandler):
         self._body_read = self.headers.get("Content-Length") is None and self.headers.get("Transfer-Encoding") is None
         self._responded = False
         cfg = self.server.cfg
+        for name in ("Host", "Content-Length", "Content-Type", "Authorization"):
+            if len(self.headers.get_all(name) or []) > 1:  # RFC 9112: which one counts is ambiguous
+                self._body_read = False  # close: the body's length is not known for sure
+                self._error(400, f"the {name} header appears more than once")
+                return None
         if not host_allowed(self.headers.get("Host"), cfg.allowed_hosts):
             self._error(
                 403,
@@ -287,7 +371,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(
                     200,
                     {
-                        "status": "ok",
+                        # a gate-failed artifact served with --allow-failed says so to every client
+                        "status": "ok" if info["gate"] != "failed" else "degraded: the export's alignment gate failed",
                         "model": self.server.name,
                         **info,
                         "uptime_s": round(time.time() - self.server.started, 1),

@@ -48,7 +48,10 @@ def _unsupported(body: dict) -> None:
 
 def sampling(body: dict, cap: int) -> dict[str, Any]:
     _unsupported(body)
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    given = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
+    if len(given) == 2 and body["max_completion_tokens"] != body["max_tokens"]:
+        raise BadRequest("'max_completion_tokens' and 'max_tokens' differ; send one of them", "max_tokens")
+    key = given[0] if given else "max_tokens"  # a null one is absent, never a mask for the other
     max_tokens = body.get(key)
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > cap:
         raise BadRequest(f"{key} {max_tokens} is above this server's cap ({cap})", key)

@@ -239,6 +239,31 @@ def test_serve_refuses_a_failed_artifact_unless_allowed(tiny_bundle, tmp_path):
     assert r.returncode == 2 and "FAILED the export's alignment gate" in r.stderr and "--allow-failed" in r.stderr
 
 
+def test_a_failed_artifact_served_anyway_tells_every_client_on_health(tiny_bundle, tmp_path):
+    """``--allow-failed``: /health says the gate failed (was: a plain "ok")."""
+    pytest.importorskip("llama_cpp")
+    import httpx
+    from conftest import free_port
+
+    from edge_kto_runtime import load
+    from edge_kto_runtime.serve import ServeConfig, serve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = load(_failed(tiny_bundle, tmp_path), n_threads=1)
+    srv = serve(m, ServeConfig(port=free_port()))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        health = httpx.get(f"http://127.0.0.1:{srv.server_address[1]}/health").json()
+        assert health["gate"] == "failed" and health["status"].startswith("degraded")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        m.close()
+    with load(tiny_bundle, artifact=ART, n_threads=1) as ok:
+        assert ok.info()["gate"] in ("passed", "not run")
+
+
 def test_prefix_state_is_not_a_pickle_and_belongs_to_one_model_and_prompt(tiny_bundle, tmp_path):
     pytest.importorskip("llama_cpp")
     import pickle
@@ -256,6 +281,28 @@ def test_prefix_state_is_not_a_pickle_and_belongs_to_one_model_and_prompt(tiny_b
         evil.write_bytes(pickle.dumps({"x": 1}))
         with pytest.raises(ValueError, match="not a prefix state"):
             m.backend.load_prefix(evil, key="A")
+        # A damaged payload under the right key never reaches llama.cpp's parser (it crashed, or tried to
+        # allocate 1 TiB): a flipped byte in the state, a huge n_tokens, a cut file.
+        import numpy as np
+
+        good = dict(np.load(state, allow_pickle=False))
+        for name, edit, match in (
+            ("flipped", lambda d: d["llama_state"].__setitem__(100, d["llama_state"][100] ^ 1), "damaged"),
+            ("huge", lambda d: d.update(n_tokens=np.array(1 << 40)), "damaged"),
+            ("no digest", lambda d: d.pop("digest"), "not a prefix state"),
+        ):
+            d = {k: v.copy() for k, v in good.items()}
+            edit(d)
+            bad = tmp_path / f"{name}.state"
+            with open(bad, "wb") as f:
+                np.savez(f, **d)
+            with pytest.raises(ValueError, match=match):
+                m.backend.load_prefix(bad, key="A")
+        cut = tmp_path / "cut.state"
+        cut.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        with pytest.raises(ValueError, match="not a prefix state"):
+            m.backend.load_prefix(cut, key="A")
+        assert m.backend.load_prefix(state, key="A") == len(ids)  # the intact one still loads
 
 
 def test_folder_bundle_named_dot_serves_feedback_next_to_it(tiny_bundle, tmp_path):
@@ -275,3 +322,26 @@ def test_load_picks_and_verifies_the_artifact_from_one_manifest_read(tiny_bundle
     monkeypatch.setattr(model_mod, "open_bundle", lambda *a, **k: reads.append(a) or real(*a, **k))
     model_mod.load(tiny_bundle, artifact=ART, n_threads=1).close()
     assert len(reads) == 1
+
+
+def test_the_loaded_gguf_is_the_verified_one_even_if_replaced_in_between(tiny_bundle, tmp_path, monkeypatch):
+    """Issue 37.5: the artifact was hashed by path, then reopened by path; a swap in between loaded
+    unverified bytes. Now the backend maps the file descriptor that was hashed."""
+    pytest.importorskip("llama_cpp")
+    from edge_kto_runtime import load
+    from edge_kto_runtime.backends import BACKENDS
+
+    b = _small(tiny_bundle, tmp_path / "b")
+    with load(b, artifact=ART, n_threads=1) as m:
+        want = list(m.generate_ids(m.encode("Hello"), max_new_tokens=4, temperature=0.0))
+    spec_cls = type(BACKENDS["llama.cpp"])
+    real_open = spec_cls.open
+
+    def swap_then_open(self, path, *a, **k):  # the attacker's moment: after the hash, before the load
+        (b / ART).unlink()
+        (b / ART).write_bytes(b"GGUF" + b"\0" * 64)  # a file llama.cpp cannot load, same name
+        return real_open(self, path, *a, **k)
+
+    monkeypatch.setattr(spec_cls, "open", swap_then_open)
+    with load(b, artifact=ART, n_threads=1) as m:
+        assert list(m.generate_ids(m.encode("Hello"), max_new_tokens=4, temperature=0.0)) == want

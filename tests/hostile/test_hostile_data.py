@@ -215,6 +215,22 @@ def test_write_atomic_removes_temp_files_of_killed_writers_only(tmp_path):
     assert sweep_stale(tmp_path, "other.json") == [other]
 
 
+def test_a_reused_pid_does_not_keep_a_dead_writers_debris_forever(tmp_path):
+    """Issue 37.8: the pid is alive again (pid reuse; pid 1 in every container run) but the process that
+    wrote the temp name started at another time: its debris is swept; this process's own is kept."""
+    from edge_kto_runtime.atomic import temp_prefix
+
+    mine = temp_prefix("out.json", "tmp")
+    assert "@" in mine  # Linux: the start time is recorded
+    pid, start = mine.split("-")[1].split("@")
+    reused = tmp_path / f".out.json.tmp-{pid}@{int(start) + 1}-old.tmp"
+    live = tmp_path / f"{mine}new.tmp"
+    for p in (reused, live):
+        p.write_text("partial")
+    assert sweep_stale(tmp_path, "out.json") == [reused]
+    assert live.exists()
+
+
 @pytest.mark.integration
 def test_export_sweeps_killed_builds_and_zips_under_the_full_name(tmp_path, tiny_model_dir):
     from edge_kto.export import ExportConfig, run_export

@@ -197,6 +197,72 @@ def test_connections_over_the_cap_get_503_not_a_thread(model):
     assert s.request_queue_size == 128  # the listen backlog: bursts queue instead of being reset
 
 
+def test_a_slow_trickle_is_cut_off_at_the_request_deadline(model):
+    """Issue 37.2: 4 connections on a 4-slot server each send a request line, then one header byte every
+    0.25 s (each read well within --timeout): the deadline closes them, and normal requests get in."""
+    s = _start(model, max_connections=4, max_connections_per_client=4, timeout_s=3.0, request_deadline_s=1.5)
+    stop, closed = threading.Event(), []
+
+    def drip() -> None:
+        with socket.create_connection(("127.0.0.1", _port(s))) as c:
+            c.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            t0 = time.monotonic()
+            try:
+                while not stop.is_set():
+                    c.sendall(b"x")
+                    time.sleep(0.25)
+            except OSError:
+                closed.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=drip) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        assert responses(exchange(_port(s), request("GET", "/v1/models", Connection="close"))) == [503]  # all held
+        time.sleep(2.5)
+        assert responses(exchange(_port(s), request("GET", "/v1/models", Connection="close"))) == [200]
+        assert len(closed) == 4 and all(1.2 < t < 3.0 for t in closed), closed
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        s.shutdown()
+        s.server_close()
+
+
+def test_one_address_cannot_take_every_connection_slot(model):
+    """The per-address share: 3 of 4 slots held from 127.0.0.1, a 4th from there gets 503, while a client
+    from another address (127.0.0.2, also loopback) still gets in."""
+    s = _start(model, max_connections=4, timeout_s=3.0, request_deadline_s=5.0)  # share: 3
+    held = [socket.create_connection(("127.0.0.1", _port(s))) for _ in range(3)]
+    try:
+        for h in held:
+            h.sendall(b"GET /v1/models HTTP/1.1\r\n")  # half-sent: each holds a slot
+        time.sleep(0.3)
+        raw = exchange(_port(s), request("GET", "/v1/models", Connection="close"))
+        assert responses(raw) == [503] and "from this address" in json_body(raw)["error"]["message"]
+        with socket.create_connection(("127.0.0.1", _port(s)), source_address=("127.0.0.2", 0)) as other:
+            other.sendall(request("GET", "/v1/models", host="127.0.0.1", Connection="close"))
+            out = b""
+            while chunk := other.recv(65536):
+                out += chunk
+        assert responses(out) == [200]
+    finally:
+        for h in held:
+            h.close()
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.mark.parametrize("bad", [{"timeout_s": float("nan")}, {"timeout_s": float("inf")}, {"request_deadline_s": 0}])
+def test_non_finite_or_zero_timeouts_are_refused_before_serving(model, bad):
+    from edge_kto_runtime.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="must be a finite number > 0"):
+        serve(model, ServeConfig(port=free_port(), **bad))
+
+
 # ---- 100-continue and Content-Length
 
 
@@ -256,6 +322,31 @@ def test_odd_content_length_is_a_400(srv, length, code):
         + b"{}",
     )
     assert responses(raw) == [code]
+
+
+@pytest.mark.parametrize("extra", [b"Host: evil.example\r\n", b"Content-Length: 5\r\n", b"Content-Length: 2\r\n"])
+def test_a_repeated_host_or_content_length_header_is_a_400(srv, extra):
+    """RFC 9112: two Host headers, or two Content-Length headers (equal or not), are refused, not guessed."""
+    head = request("POST", "/v1/chat/completions", CHAT, Connection="close", **AUTH)
+    raw = exchange(_port(srv), head.replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n", 1))
+    assert responses(raw) == [400]
+    assert "appears more than once" in json_body(raw)["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "fields,ok",
+    [
+        ({"max_completion_tokens": None, "max_tokens": 10**9}, False),  # a null one never hides the other
+        ({"max_completion_tokens": 4, "max_tokens": 10**9}, False),  # two different budgets
+        ({"max_completion_tokens": 4, "max_tokens": 4}, True),
+        ({"max_completion_tokens": None, "max_tokens": 4}, True),
+    ],
+)
+def test_max_tokens_and_max_completion_tokens_cannot_disagree(srv, fields, ok):
+    raw = _post(srv, {**CHAT, **fields}, **AUTH)
+    assert responses(raw) == [200 if ok else 400]
+    if not ok:
+        assert json_body(raw)["error"]["param"] in ("max_tokens", "max_completion_tokens")
 
 
 def test_a_latin1_superscript_content_length_byte_is_a_400(srv):
@@ -404,6 +495,8 @@ def test_load_64_clients_x_10_requests_zero_errors(tiny_bundle, tmp_path):
             "10",
             "--max-tokens",
             "4",
+            "--trickle",
+            "8",
             "--out",
             str(out),
         ],
@@ -414,4 +507,5 @@ def test_load_64_clients_x_10_requests_zero_errors(tiny_bundle, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(out.read_text())
     assert rep["loaded"]["requests"] == 640 and rep["loaded"]["errors"] == 0
+    assert rep["loaded"]["trickle_connections"] == 8  # 8 slowloris clients beside the 64 did not starve them
     assert rep["loaded"]["p99_s"] >= rep["loaded"]["p50_s"] > 0

@@ -1,8 +1,8 @@
 """The bundle: the hand-off between the server (``edge-kto export``) and the device.
 
 One module owns the format on both sides, so the writer and the reader cannot drift: the
-manifest's required fields, streamed sha256, verification, and safe zip extraction. Nothing
-here imports more than the standard library.
+manifest's required fields, streamed sha256, verification, and safe zip extraction. Its own
+imports are the standard library and this package (whose backend registry needs numpy).
 
 A bundle is a folder (optionally zipped) with ``manifest.json``::
 

@@ -345,3 +345,35 @@ def test_the_loaded_gguf_is_the_verified_one_even_if_replaced_in_between(tiny_bu
     monkeypatch.setattr(spec_cls, "open", swap_then_open)
     with load(b, artifact=ART, n_threads=1) as m:
         assert list(m.generate_ids(m.encode("Hello"), max_new_tokens=4, temperature=0.0)) == want
+
+
+def test_fuzzed_prefix_states_are_refused_or_loaded_never_a_crash(tiny_bundle, tmp_path):
+    """Hypothesis over a real saved prefix state: flipped bytes anywhere and cuts anywhere give ValueError
+    (refused, then rebuilt by the bench) or a clean load, never another exception or an allocation."""
+    pytest.importorskip("llama_cpp")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edge_kto_runtime import load
+
+    with load(tiny_bundle, artifact=ART, n_threads=1) as m:
+        ids = m.encode("You are a helpful assistant.")
+        good = tmp_path / "p.state"
+        m.backend.save_prefix(ids, good, key="A")
+        raw = good.read_bytes()
+
+        @settings(max_examples=40, deadline=None)
+        @given(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=4), st.integers(0, 3))
+        def fuzz(flips, cut):
+            data = bytearray(raw)
+            for pos, val in flips:
+                data[pos] = val
+            bad = tmp_path / "bad.state"
+            bad.write_bytes(bytes(data[: len(data) - cut * len(data) // 4]))
+            try:
+                m.backend.load_prefix(bad, key="A")
+            except ValueError:
+                pass
+
+        fuzz()
+        assert m.backend.load_prefix(good, key="A") == len(ids)

@@ -159,17 +159,7 @@ class AppendLog:
                 row = None
             problem = "not a JSON object" if not isinstance(row, dict) else check(lineno, row) if check else None
             if problem:
-                raise DataError(
-                    [
-                        DataIssue(
-                            str(self.path),
-                            lineno,
-                            None,
-                            f"{problem}: this file is not this job's output; it was left unchanged "
-                            "(choose another output path)",
-                        )
-                    ]
-                )
+                self._not_ours(lineno, problem)
             rows.append(row)
         if cut != len(data):
             with self.path.open("r+b") as f:
@@ -192,17 +182,11 @@ class AppendLog:
         elif row is not None or not tail.lstrip().startswith(b"{"):
             problem = "not the start of a JSON object"
         if problem:
-            raise DataError(
-                [
-                    DataIssue(
-                        str(self.path),
-                        lineno,
-                        None,
-                        f"{problem}: this file is not this job's output; it was left unchanged "
-                        "(choose another output path)",
-                    )
-                ]
-            )
+            self._not_ours(lineno, problem)
+
+    def _not_ours(self, lineno: int, problem: str) -> None:
+        msg = f"{problem}: this file is not this job's output; it was left unchanged (choose another output path)"
+        raise DataError([DataIssue(str(self.path), lineno, None, msg)])
 
     def append(self, row: dict) -> None:
         if self._fd is None:

@@ -128,6 +128,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_after_lines(cmd: list[str], watch: Path, lines: int, limit_s: float = 300) -> None:
+    """Start ``cmd``, wait until ``watch`` holds ``lines`` lines, then ``kill -9`` it (and its children)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + limit_s
+    while time.time() < deadline and (not watch.exists() or watch.read_text().count("\n") < lines):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     import json
 

@@ -4,14 +4,12 @@ never repeat training, and a killed run resumes without duplicating a row."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import kill_after_lines
 
 from edge_kto.augment import AugmentConfig, near_duplicate, parse_phrasings, select_phrasings
 from edge_kto.data import PromptItem, Task
@@ -92,13 +90,8 @@ print(res.kept)
 def test_augment_resumes_after_kill9_without_duplicates_and_keeps_eval_out(tmp_path, smol):
     task = TASKS / "capitals"
     cmd = [sys.executable, "-c", _RUN, str(task), str(tmp_path / "a"), str(smol.gguf)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     raw = tmp_path / "a" / "raw.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not raw.exists() or raw.read_text().count("\n") < 3):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(cmd, raw, 3)
     before = raw.read_bytes().splitlines()
     assert 3 <= len(before) < 10 and not (tmp_path / "a" / "prompts.jsonl").exists()
     subprocess.run(cmd, check=True, capture_output=True)

@@ -4,14 +4,12 @@ reference-guided samples for prompts with none; resume after kill -9 to the same
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import kill_after_lines
 
 from edge_kto.data import PromptItem
 from edge_kto.generate import CoverageConfig, GenerateConfig, _Job, reference_hint, run_generate
@@ -128,12 +126,7 @@ def test_rejection_sampling_resumes_after_kill9_to_the_uninterrupted_file(tmp_pa
         "--kind", "gguf", "--model", str(smol.gguf), "-n", "1", "--max-new-tokens", "16", "--threads", "2",
         "--seed", "3", "--accepted", "2", "--max-samples", "4", "--guided", "1", "--quiet",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 12):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(cmd, out, 12)
     before = out.read_bytes().splitlines()
     assert len(before) >= 12
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)

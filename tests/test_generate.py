@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import write_jsonl
+from conftest import kill_after_lines, write_jsonl
 
 from edge_kto.generate import GenerateConfig, run_generate
 from edge_kto.teacher import SamplingParams, TeacherConfig
@@ -92,12 +89,7 @@ def test_generate_resumes_after_kill9_without_duplicates_or_losses(tmp_path, smo
         "--seed",
         "7",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(cmd, out, 5)
     before = out.read_bytes()
     done_before = before.count(b"\n")
     assert 5 <= done_before < 24, f"kill should land mid-run (had {done_before} rows)"

@@ -48,6 +48,14 @@ def _tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="fuzz-"))
 
 
+def _damage(path: Path, flips: list[tuple[int, int]], cut_percent: int = 0) -> None:
+    """Set the byte at each (position mod size) to a value, then cut up to a quarter off the end."""
+    data = bytearray(path.read_bytes())
+    for pos, val in flips:
+        data[pos % len(data)] = val
+    path.write_bytes(bytes(data[: max(1, len(data) * (100 - cut_percent // 4) // 100)]))
+
+
 def _only_user_errors(fn, *args) -> None:
     try:
         fn(*args)
@@ -108,10 +116,7 @@ def test_manifests(m):
 def test_zipped_bundles(flips, cut_percent):
     d = _tmp()
     z = zip_bundle(FIXTURE, d / "b.zip")
-    data = bytearray(z.read_bytes())
-    for pos, val in flips:
-        data[pos % len(data)] = val
-    z.write_bytes(bytes(data[: max(1, len(data) * (100 - cut_percent // 4) // 100)]))
+    _damage(z, flips, cut_percent)
     _only_user_errors(open_bundle, z)
     shutil.rmtree(d)
 
@@ -139,10 +144,7 @@ def test_feedback_databases(flips):
     d = _tmp()
     db = d / "f.sqlite"
     _feedback_log(db)
-    data = bytearray(db.read_bytes())
-    for pos, val in flips:
-        data[pos % len(data)] = val
-    db.write_bytes(bytes(data))
+    _damage(db, flips)
 
     def export() -> None:
         store = FeedbackStore(db, create=False)
@@ -178,9 +180,6 @@ def _offset_in_fresh_imatrix(needle: bytes) -> int:
 def test_importance_matrices(flips, cut_percent):
     d = _tmp()
     path = _imatrix_file(d)
-    data = bytearray(path.read_bytes())
-    for pos, val in flips:
-        data[pos % len(data)] = val
-    path.write_bytes(bytes(data[: max(1, len(data) * (100 - cut_percent // 4) // 100)]))
+    _damage(path, flips, cut_percent)
     _only_user_errors(read_imatrix, path)
     shutil.rmtree(d)

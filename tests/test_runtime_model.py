@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_kto_runtime import BundleError, ContextOverflow, load, open_bundle
-from edge_kto_runtime.bundle import manifest_digest, safe_extract, zip_bundle
+from edge_kto_runtime.bundle import manifest_digest
+from edge_kto_runtime.bundle_zip import safe_extract, zip_bundle
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("onnxruntime_genai")

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_kto_runtime.atomic import fsync_dir, sweep_stale, temp_prefix
-from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle, zip_bundle
+from edge_kto_runtime.bundle import FORMAT, SCHEMA_VERSION, file_entry, open_bundle
+from edge_kto_runtime.bundle_zip import zip_bundle
 from edge_kto_runtime.defaults import DEVICE_MAX_NEW_TOKENS, GOLDEN_MAX_NEW_TOKENS, N_CTX
 from edge_kto_runtime.errors import InputExists, InvalidInput
 from edge_kto_runtime.verifiers import get_verifier

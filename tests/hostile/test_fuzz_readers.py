@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from edge_kto.data import read_kto, read_prompts, read_task
 from edge_kto.quant.imatrix import Imatrix, read_imatrix, write_imatrix
-from edge_kto_runtime.bundle import open_bundle, parse_manifest, zip_bundle
+from edge_kto_runtime.bundle import open_bundle, parse_manifest
+from edge_kto_runtime.bundle_zip import zip_bundle
 from edge_kto_runtime.errors import UserError
 from edge_kto_runtime.feedback import FeedbackStore
 
@@ -111,8 +112,16 @@ def test_manifests(m):
     _only_user_errors(parse_manifest, json.dumps(m).encode(), "manifest.json")
 
 
+def _offset_in_fresh_zip(needle: bytes) -> int:
+    d = _tmp()
+    at = zip_bundle(FIXTURE, d / "b.zip").read_bytes().rfind(needle)
+    shutil.rmtree(d)
+    return at
+
+
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6), st.integers(0, 100))
+@example([(_offset_in_fresh_zip(b"PK\x01\x02") + 6, 64)], 0)  # found: "zip file version 6.4" (NotImplementedError)
 def test_zipped_bundles(flips, cut_percent):
     d = _tmp()
     z = zip_bundle(FIXTURE, d / "b.zip")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_kto_runtime.bundle import BundleError, manifest_digest, open_bundle, safe_extract, zip_bundle
+from edge_kto_runtime.bundle import BundleError, manifest_digest, open_bundle
+from edge_kto_runtime.bundle_zip import safe_extract, zip_bundle
 from edge_kto_runtime.cli import main as runtime_main
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_kto_runtime.bundle import BundleError, open_bundle, zip_bundle
+from edge_kto_runtime.bundle import BundleError, open_bundle
+from edge_kto_runtime.bundle_zip import zip_bundle
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bundle"
 

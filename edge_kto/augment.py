@@ -78,7 +78,8 @@ def near_duplicate(a: str, b: str, similarity: float) -> bool:
     na, nb = normalise(a), normalise(b)
     if na == nb:
         return True
-    if SequenceMatcher(None, na, nb, autojunk=False).ratio() >= similarity:
+    sm = SequenceMatcher(None, na, nb, autojunk=False)  # upper bounds first: the full ratio only when they pass
+    if sm.real_quick_ratio() >= similarity and sm.quick_ratio() >= similarity and sm.ratio() >= similarity:
         return True
     wa, wb = set(na.split()), set(nb.split())
     return bool(wa and wb) and len(wa & wb) / len(wa | wb) >= similarity

@@ -10,9 +10,9 @@ the references of the ``contains_all`` verifier, matched as that verifier matche
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from typing import Any
+
+from edge_kto_runtime.verifiers import fold
 
 from .data import PromptItem, Task
 
@@ -21,14 +21,9 @@ def intent_of(item: PromptItem) -> str:
     return item.intent if item.intent else json.dumps(item.reference, sort_keys=True)
 
 
-def _fold(text: str) -> str:
-    """The ``contains_all`` verifier's matching form: NFKC, lowercase, whitespace runs as one space."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", str(text)).lower()).strip()
-
-
 def _phrases(reference: Any) -> list[str]:
     ref = [reference] if isinstance(reference, str) else list(reference or [])
-    return [p for p in (_fold(r) for r in ref) if p]
+    return [p for p in (fold(r).strip() for r in ref) if p]
 
 
 class ConfusionRule:
@@ -43,7 +38,7 @@ class ConfusionRule:
     def foreign(self, item: PromptItem, answer: str) -> list[str]:
         """Other intents' phrases found in ``answer`` (none of them also ``item``'s own)."""
         own = self.phrases.get(intent_of(item), set()) | set(_phrases(item.reference))
-        hay = _fold(answer)
+        hay = fold(answer)
         return sorted(
             {p for k, ps in self.phrases.items() if k != intent_of(item) for p in ps if p not in own and p in hay}
         )

@@ -124,6 +124,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def _json_or_none(line: bytes) -> Any:
+    """One log line's JSON value; None when it is not UTF-8 JSON."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 class AppendLog:
     """An append-only JSONL file that survives ``kill -9``.
 
@@ -153,10 +161,7 @@ class AppendLog:
         for lineno, line in enumerate(data[:cut].split(b"\n"), start=1):  # b"\n" only: U+2028 etc. live inside rows
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                row = None
+            row = _json_or_none(line)
             problem = "not a JSON object" if not isinstance(row, dict) else check(lineno, row) if check else None
             if problem:
                 self._not_ours(lineno, problem)
@@ -172,10 +177,7 @@ class AppendLog:
         settings file given as the output) is refused, and the file left as it was."""
         if not tail.strip():
             return
-        try:
-            row = json.loads(tail.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            row = None
+        row = _json_or_none(tail)
         problem = None
         if isinstance(row, dict):
             problem = check(lineno, row) if check else None

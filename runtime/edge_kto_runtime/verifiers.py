@@ -32,13 +32,18 @@ def normalized_exact(completion: str, reference: Any) -> bool:
     return normalize(completion) == normalize(str(reference))
 
 
+def fold(text: str) -> str:
+    """How ``contains_all`` compares text: NFKC, lowercase, whitespace runs as one space."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", str(text)).lower())
+
+
 def contains_all(completion: str, reference: Any) -> bool:
     """Every phrase must appear (case- and whitespace-insensitive)."""
     phrases = [reference] if isinstance(reference, str) else list(reference or [])
     if not phrases:
         raise InvalidInput("contains_all needs a non-empty list of phrases as reference")
-    hay = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", completion).lower())
-    return all(re.sub(r"\s+", " ", unicodedata.normalize("NFKC", str(p)).lower()).strip() in hay for p in phrases)
+    hay = fold(completion)
+    return all(fold(p).strip() in hay for p in phrases)
 
 
 def regex(completion: str, reference: Any) -> bool:

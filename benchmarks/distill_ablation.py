@@ -48,18 +48,15 @@ LABELS = {
     "sft_kto_r2": "SFT + KTO + 2 on-policy rounds",
     "kto": "KTO only (no SFT)",
 }
-SKIP = {"label_eval", "finish", "export", "evaluate", "bench"}  # the ablation compares fp students only
 
 
 def _stages(cfg: Any, progress: bool) -> dict[str, Any]:
-    """The pipeline's stages up to the last training stage (cached by key in ``cfg.out``)."""
-    from edge_kto.pipeline.runner import Runner, plan
+    """The pipeline's stages up to training and the eval answers (cached by key in ``cfg.out``); the
+    ablation compares fp students only, so nothing is finished, exported or benched."""
+    from edge_kto.pipeline.runner import run_through
 
-    r = Runner(Path(cfg.out), progress)
-    for stage in plan(cfg):
-        if stage.name not in SKIP:
-            r.run(stage)
-    return r.runs
+    rounds = {f"round{k}" for k in range(1, cfg.rounds.count + 1)}
+    return run_through(cfg, {"train", "generate_eval", *rounds}, progress)
 
 
 def _sft_only(run_dir: Path, base_model: str) -> Path:
@@ -162,27 +159,21 @@ def run_seed(
 def teacher_greedy(cfg: Any, task: Any, progress: bool) -> dict[str, Any] | None:
     """The teacher's greedy accuracy on the same questions (generate_eval's answers when they are greedy)."""
     from edge_kto.pipeline import stages
-    from edge_kto.pipeline.runner import Runner, plan
+    from edge_kto.pipeline.runner import run_through
 
-    r = Runner(Path(cfg.out), progress)
-    for stage in plan(cfg):
-        if stage.name == "generate_eval":
-            r.run(stage)
+    runs = run_through(cfg, {"generate_eval"}, progress)
     mx = cfg.evaluate.max_new_tokens
-    res = stages._teacher_from_generate_eval(r.runs["generate_eval"], cfg.generate_eval, task, mx)
+    res = stages._teacher_from_generate_eval(runs["generate_eval"], cfg.generate_eval, task, mx)
     return None if res is None else {"correct": [o["correct"] for o in res.outputs], "accuracy": res.accuracy}
 
 
 def best_of_n(cfg: Any, progress: bool) -> dict[str, Any] | None:
     """The teacher's best-of-n on the training prompts (any of its ``generate.n`` samples accepted)."""
     from edge_kto.label import teacher_best_of_n
-    from edge_kto.pipeline.runner import Runner, plan
+    from edge_kto.pipeline.runner import run_through
 
-    r = Runner(Path(cfg.out), progress)
-    for stage in plan(cfg):
-        if stage.name in ("generate", "label"):  # cached by then; nothing is trained for this
-            r.run(stage)
-    got = teacher_best_of_n(r.runs["label"].dir / "kto.jsonl")
+    runs = run_through(cfg, {"label"}, progress)  # cached by then; nothing is trained for this
+    got = teacher_best_of_n(runs["label"].dir / "kto.jsonl")
     return None if got is None else {"prompts_ok": got[0], "prompts": got[1], "n": cfg.generate.n}
 
 

@@ -150,7 +150,7 @@ def run_check(cfg: CheckConfig, progress: bool = True) -> CheckResult:
         write_atomic(
             report,
             f"# Alignment check: {m.get('name')}\n\nfp reference vs each artifact on {len(golden)} "
-            f"golden prompts (KL exact, from the full fp distribution).{_finished_note(m)}\n\n"
+            f"golden prompts{_split_note(golden)} (KL exact, from the full fp distribution).{_finished_note(m)}\n\n"
             + markdown_table(results),
         )
         m["alignment"] = {
@@ -174,7 +174,18 @@ def _finished_note(manifest: dict[str, Any]) -> str:
     return (
         " The artifacts store a *finished* student (trained through the 4-bit grid): KLD and top-1 compare "
         "each artifact with those finished fp weights (what export and runtime change); KLD vs fp student "
-        "is how far finishing moved the model; task accuracy and preference order are against the fp student."
+        "is how far finishing moved the model; preference order is against the fp student, task accuracy "
+        "against both (paired table below)."
+    )
+
+
+def _split_note(golden: list[dict[str, Any]]) -> str:
+    train = sum(1 for r in golden if r.get("split") == "train")
+    if not train:
+        return ""
+    return (
+        f", {len(golden) - train} held out and {train} training prompts (the gate measures agreement with "
+        "the trained model, not generalisation)"
     )
 
 

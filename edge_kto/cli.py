@@ -237,6 +237,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         onnx_int8_head=not a.onnx_int4_head,
         golden_data=a.golden_data,
         golden_limit=a.golden_limit,
+        golden_train_limit=a.golden_train_limit,
         golden_verifier=a.verifier,
         check=not a.no_check,
         thresholds=load_thresholds(a.thresholds),
@@ -269,7 +270,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     sel = res.manifest.get("selection")
     if sel and sel["mode"] == "smallest-passing":
         print(
-            f"selected (smallest passing per format, of {len(sel['candidates'])} candidates): "
+            f"selected (first passing per format by size, then speed, of {len(sel['candidates'])} candidates): "
             f"{', '.join(sel['chosen'])}"
         )
     for art in res.manifest["artifacts"]:
@@ -527,17 +528,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--select",
         choices=["all", "smallest-passing"],
         default="all",
-        help="keep every candidate, or per format the smallest that passes the gate",
+        help="keep every candidate, or per format the first that passes the gate (by size, then speed)",
     )
     e.add_argument(
         "--config", help="YAML with ExportConfig fields (an `export:` key), e.g. lists of gguf/onnx candidates"
     )
     e.add_argument("--golden-data", help="held-out prompts: task folder (eval split), prompt JSONL or KTO JSONL")
     e.add_argument("--golden-limit", type=int, default=32)
+    e.add_argument(
+        "--golden-train-limit",
+        type=int,
+        default=0,
+        help="also gate on up to N training prompts with a reference (agreement, not generalisation)",
+    )
     e.add_argument("--verifier", help="task verifier for the check's task accuracy (default: the task folder's)")
     e.add_argument("--no-check", action="store_true", help="skip the alignment gate")
     e.add_argument(
-        "--thresholds", help="YAML with gate thresholds (kld_mean_max, top1_min, pref_agree_min, task_retention_min)"
+        "--thresholds",
+        help="YAML with gate thresholds (task_margin, kld_mean_max, top1_min, pref_agree_min, task_retention_min)",
     )
     e.add_argument("--name")
     e.add_argument("--threads", type=int)

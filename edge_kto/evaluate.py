@@ -132,8 +132,12 @@ def gate_answers(path: Path, bundle: Path, task: Task, max_new_tokens: int) -> d
     return out
 
 
-def golden_fp_answers(bundle: Path, task: Task, max_new_tokens: int, fp_run: Path) -> list[str] | None:
-    """The fp student's greedy answers to the eval split, from the bundle's golden set, in task order.
+def golden_fp_answers(
+    bundle: Path, task: Task, max_new_tokens: int, fp_run: Path, finished: Path | None = None
+) -> list[str] | None:
+    """The fp student's greedy answers to the eval split, from the bundle's golden set, in task order
+    (with ``finished``: the finished weights' own, ``exported_greedy_text``, when the bundle was made
+    from that finish folder).
 
     The golden set holds the greedy answer of the training run's fp model to every golden prompt
     (batched transformers decoding with the golden budget, what :func:`eval_teacher` does for an
@@ -144,8 +148,14 @@ def golden_fp_answers(bundle: Path, task: Task, max_new_tokens: int, fp_run: Pat
     if found is None:
         return None
     manifest, rows, keys = found
-    run = (manifest.get("training") or {}).get("run")
+    training = manifest.get("training") or {}
+    run, field = training.get("run"), "greedy_text"
     if not run or Path(run).resolve() != Path(fp_run).resolve():
         return None
-    by_prompt = {json.dumps(r["messages"]): r["greedy_text"].strip() for r in rows}
+    if finished is not None:
+        made_from = (training.get("finish") or {}).get("dir")
+        if not made_from or Path(made_from).resolve() != Path(finished).resolve():
+            return None
+        field = "exported_greedy_text"
+    by_prompt = {json.dumps(r["messages"]): r[field].strip() for r in rows if field in r}
     return [by_prompt[k] for k in keys] if all(k in by_prompt for k in keys) else None

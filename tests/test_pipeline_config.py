@@ -230,3 +230,17 @@ def test_a_round_of_one_label_is_refused_with_the_fix_named():
     for rows, what in (([{"label": False}] * 3, "3 rows, all undesirable"), ([], "no labelled rows")):
         with pytest.raises(InvalidInput, match=f"round2: {what}.*teacher_fraction > 0"):
             _both_classes(rows, 2)
+
+
+def test_part_of_the_pipeline_runs_with_every_stage_it_reads(tmp_path):
+    """A benchmark that wants the labels gets ``augment`` too when it is on: the stages a part of the
+    pipeline needs come from the plan's dependencies, never from a list of names kept by hand."""
+    from edge_kto.pipeline.runner import stages_needed
+
+    names = [s.name for s in stages_needed(_load(tmp_path, "augment: {per_prompt: 2}"), {"label"})]
+    assert names == ["augment", "generate", "label"]
+    assert [s.name for s in stages_needed(_load(tmp_path, ""), {"label"})] == ["generate", "label"]
+    with_rounds = [s.name for s in stages_needed(_load(tmp_path, "rounds: {count: 1}"), {"round1"})]
+    assert with_rounds[-1] == "round1" and "train" in with_rounds and "export" not in with_rounds
+    with pytest.raises(ValueError, match="no stage named \\['trian'\\]"):
+        stages_needed(_load(tmp_path, ""), {"trian"})

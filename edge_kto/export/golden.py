@@ -34,6 +34,7 @@ import torch
 
 from edge_kto_runtime.completion import split_completion
 from edge_kto_runtime.defaults import GOLDEN_MAX_NEW_TOKENS
+from edge_kto_runtime.errors import InvalidInput
 
 from ..data import KTOExample, read_kto, read_prompts, read_task, to_messages
 from ..jsonl import iter_jsonl
@@ -47,6 +48,7 @@ class GoldenPrompt:
     reference: Any = None
     completions: list[tuple[str, bool]] | None = None
     hard: list[tuple[int, str]] | None = None  # (index of a desirable completion, its near miss)
+    split: str = "eval"  # "train": a training prompt, for the gate's agreement only (never for accuracy claims)
 
 
 def looks_like_kto(path: Path) -> bool:
@@ -64,6 +66,20 @@ def read_golden_prompts(source: str | Path, system: str | None = None, limit: in
     if looks_like_kto(p):
         return kto_examples_to_golden(read_kto(p))[:limit]
     return [GoldenPrompt(it.id, to_messages(it.prompt, system), it.reference) for it in read_prompts(p)[:limit]]
+
+
+def training_prompts(data: str | None, held_out: list[GoldenPrompt], limit: int) -> list[GoldenPrompt]:
+    """Up to ``limit`` prompts of the training rows ``data`` that carry a reference, none of them a
+    ``held_out`` prompt, marked ``split: train``."""
+    if not data:
+        raise InvalidInput("golden_train_limit: the export source records no training rows to take prompts from")
+    seen = {repr(g.messages) for g in held_out}
+    out = []
+    for g in kto_examples_to_golden(read_kto(data)):
+        if g.reference is not None and repr(g.messages) not in seen and len(out) < limit:
+            g.split = "train"
+            out.append(g)
+    return out
 
 
 def chat_ids(tok: Any, messages: list[dict]) -> list[int]:
@@ -177,8 +193,10 @@ def build_golden(
     then the log-probs and completion scores in batches of ``batch_size``.
 
     ``exported``: the fp model the artifacts are made from, when it is not ``model`` (a finished
-    student); its top-k on the same positions goes into ``exported_top_logprobs``.
-    ``detail_limit``: only the rows :func:`detail_rows` picks get log-probs and completions."""
+    student); its top-k on the same positions goes into ``exported_top_logprobs`` and its own greedy
+    answer into ``exported_greedy_text`` (the gate's paired reference for the export's own loss).
+    ``detail_limit``: only the rows :func:`detail_rows` picks among the eval prompts get log-probs
+    and completions."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -186,11 +204,15 @@ def build_golden(
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     rows: list[dict[str, Any]] = []
-    detail = detail_rows(len(prompts), detail_limit)
+    evals = [i for i, g in enumerate(prompts) if g.split == "eval"]
+    detail = {evals[j] for j in detail_rows(len(evals), detail_limit)}
     all_pids = [chat_ids(tok, g.messages) for g in prompts]
     if progress:
         print(f"golden set: greedy answers to {len(prompts)} prompts", flush=True)
     all_greedy = greedy_decode(model, all_pids, max_new_tokens, pad_id, eos_ids)
+    exp_greedy = (
+        greedy_decode(exported.eval(), all_pids, max_new_tokens, pad_id, eos_ids) if exported is not None else None
+    )
     bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
@@ -216,6 +238,11 @@ def build_golden(
                 "greedy_ids": gr,
                 "greedy_text": tok.decode(gr, skip_special_tokens=True),
             }
+            if g.split != "eval":
+                row["split"] = g.split
+            if exp_greedy is not None:
+                row["exported_greedy_ids"] = exp_greedy[s + j]
+                row["exported_greedy_text"] = tok.decode(exp_greedy[s + j], skip_special_tokens=True)
             if j in tops:
                 row["top_logprobs"] = tops[j]
             if j in exp_tops:

@@ -40,9 +40,10 @@ from ..data import read_task
 from ..jsonl import write_json_atomic, write_jsonl_atomic
 from ..quant.fake import mixed_8bit_gguf_pattern
 from ..run_folder import FINISH, RunFolder
+from ..schema import KEY_OMITS_DEFAULT
 from .calibrate import importance_matrix
 from .candidates import SELECT_MODES, CandidateError, GgufCandidate, OnnxCandidate, describe, parse_gguf, parse_onnx
-from .golden import build_golden, read_golden_prompts, with_hard_pairs
+from .golden import build_golden, read_golden_prompts, training_prompts, with_hard_pairs
 from .llamacpp import convert_hf_to_gguf, find_converter, gguf_stats, gguf_tensor_shapes, quantize_gguf
 from .onnx import OnnxBuild
 from .select import select_artifacts
@@ -67,6 +68,10 @@ class ExportConfig:
     # of those, the rows that also get fp log-probs and scored completions (KL, top-1, preference pairs),
     # spread evenly; the rest carry the greedy answer only (task accuracy). None: every row.
     golden_detail_limit: int | None = None
+    # Training prompts with a reference (from the run's rows) added to the golden set: the gate measures
+    # agreement with the trained model, not generalisation, so more prompts are more evidence for its
+    # paired verdict; they are marked ``split: train`` and accuracy claims stay on the eval split.
+    golden_train_limit: int = field(default=0, metadata=KEY_OMITS_DEFAULT)
     golden_max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS
     golden_top_k: int = 16
     golden_verifier: str | None = None  # task accuracy in the check; default: the task folder's verifier
@@ -388,6 +393,8 @@ def _build_golden(
     t = time.perf_counter()
     verifier = cfg.golden_verifier or (read_task(src).verifier if Path(src).is_dir() else None)
     prompts = read_golden_prompts(src, limit=cfg.golden_limit)
+    if cfg.golden_train_limit:
+        prompts += training_prompts(source.default_data, prompts, cfg.golden_train_limit)
     if verifier:
         prompts = with_hard_pairs(prompts, get_verifier(verifier))
     model = AutoModelForCausalLM.from_pretrained(str(source.reference_dir), dtype=torch.float32)
@@ -411,6 +418,7 @@ def _build_golden(
         **file_entry(tmp / "golden.jsonl"),
         "rows": len(rows),
         "detail_rows": sum(1 for r in rows if "top_logprobs" in r),
+        "train_rows": sum(1 for r in rows if r.get("split") == "train"),
         "source": str(src),
         "top_k": cfg.golden_top_k,
         "max_new_tokens": cfg.golden_max_new_tokens,

@@ -1,7 +1,9 @@
-"""``select: smallest-passing``: of the candidates built for one format, ship the smallest that
-passed the alignment gate. Every candidate's numbers stay in the manifest (``selection``) and in
-alignment.md, so a user sees what was tried and why the shipped one was chosen; when no candidate
-of a format passes, the one that kept the most task accuracy stays, marked ``passed: false``.
+"""``select: smallest-passing``: of the candidates built for one format, ship the first that passes
+the alignment gate, in order of size and, among candidates of the same size (within 1%), of the
+decode speed the gate measured on this machine. Every candidate's numbers stay in the manifest
+(``selection``) and in alignment.md, so a user sees what was tried and why the shipped one was
+chosen. When no candidate of a format passes, the best of the rest stays, marked ``passed: false``:
+an inconclusive task verdict before a failed one, then the most task accuracy kept.
 """
 
 from __future__ import annotations
@@ -27,22 +29,42 @@ SUMMARY_KEYS = (
     "task_acc",
     "task_acc_fp",
     "task_retention",
+    "task_verdict",
+    "paired_exported",
+    "paired_student",
+    "decode_tokens_per_s",
     "passed",
     "failures",
 )
 
 
+SAME_SIZE = 0.01  # candidates within 1% of each other's bytes are the same size: the faster ships
+
+
+def shipping_order(group: list[dict[str, Any]], per: dict[str, Any]) -> list[dict[str, Any]]:
+    """Candidates of one format in the order they are tried: smallest first; same size, faster first."""
+    by_size = sorted(group, key=lambda a: a["bytes"])
+    out: list[dict[str, Any]] = []
+    while by_size:
+        tier = [a for a in by_size if a["bytes"] <= by_size[0]["bytes"] * (1 + SAME_SIZE)]
+        out += sorted(tier, key=lambda a: -(per[a["path"]].get("decode_tokens_per_s") or 0.0))
+        by_size = by_size[len(tier) :]
+    return out
+
+
 def _rank_failing(a: dict[str, Any], per: dict[str, Any]) -> tuple:
     r = per[a["path"]]
-    return (r.get("task_retention") or 0.0, -(r.get("kld_mean") or 0.0), -a["bytes"])
+    verdict = {"inconclusive": 1, "fail": 0}.get(r.get("task_verdict") or "", 1)
+    return (verdict, r.get("task_retention") or 0.0, -(r.get("kld_mean") or 0.0), -a["bytes"])
 
 
 def choose(artifacts: list[dict[str, Any]], per: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per backend, in the order backends first appear: the smallest passing artifact, else the best failing one."""
+    """Per backend, in the order backends first appear: the first passing artifact in
+    :func:`shipping_order`, else the best failing one."""
     chosen = []
     for backend in dict.fromkeys(a["backend"] for a in artifacts):
-        group = [a for a in artifacts if a["backend"] == backend]
-        passing = sorted((a for a in group if per[a["path"]]["passed"]), key=lambda a: a["bytes"])
+        group = shipping_order([a for a in artifacts if a["backend"] == backend], per)
+        passing = [a for a in group if per[a["path"]]["passed"]]
         chosen.append(passing[0] if passing else max(group, key=lambda a: _rank_failing(a, per)))
     return chosen
 
@@ -55,6 +77,11 @@ def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
     arts = m["artifacts"]
     kept = choose(arts, per) if mode == "smallest-passing" else arts
     kept_paths = {a["path"] for a in kept}
+    order = {
+        a["path"]: i
+        for backend in dict.fromkeys(x["backend"] for x in arts)
+        for i, a in enumerate(shipping_order([x for x in arts if x["backend"] == backend], per))
+    }
     m["selection"] = {
         "mode": mode,
         "chosen": [a["path"] for a in kept],
@@ -67,6 +94,7 @@ def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
                 "bits_per_weight": a.get("bits_per_weight"),
                 "recipe": a.get("recipe"),
                 "selected": a["path"] in kept_paths,
+                "order": order[a["path"]],  # the position it was tried at within its format
                 **{k: per[a["path"]].get(k) for k in SUMMARY_KEYS},
             }
             for a in arts
@@ -89,7 +117,7 @@ def select_artifacts(bundle: Path, mode: str, alignment: Any) -> dict[str, Any]:
 def _append_selection(report: Path, results: list[dict[str, Any]], kept: set[str]) -> None:
     lines = [
         "",
-        "## Selection: smallest passing artifact per format",
+        "## Selection: per format, the first passing artifact by size (same size: faster first)",
         "",
         "Every candidate above was built and checked; kept: " + ", ".join(f"`{p}`" for p in sorted(kept)) + ".",
         "Candidates not kept were removed from the bundle; their numbers stay in manifest.json (`selection`).",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_kto_runtime.check import paired_table
+
 from ..intervals import accuracy_interval, paired_difference
 from ..jsonl import iter_jsonl
 from ..label import STUDENT_SOURCES, teacher_best_of_n
@@ -67,9 +69,16 @@ def _candidates_table(selection: dict[str, Any] | None, bench: dict[str, Any]) -
             f"{f(c.get('kld_mean'), '.4f')} | {f(c.get('kld_student_mean'), '.4f')} | "
             f"{f(c.get('top1_agree'), '.1%')} | {hard} | "
             f"{f(c.get('task_acc'), '.1%')} ({f(c.get('task_retention'), '.1%')}) | "
-            f"{'pass' if c.get('passed') else 'FAIL'} | {e2e} | {'yes' if c['selected'] else ''} |"
+            f"{_gate_word(c)} | {e2e} | {'yes' if c['selected'] else ''} |"
         )
-    return "\n".join(lines) + "\n\n"
+    paired = paired_table([{"artifact": c["path"], **c} for c in selection["candidates"]])
+    return "\n".join(lines) + "\n" + paired + "\n"
+
+
+def _gate_word(c: dict[str, Any]) -> str:
+    if c.get("passed"):
+        return "pass"
+    return "inconclusive" if c.get("task_verdict") == "inconclusive" else "FAIL"
 
 
 def _rounds_line(runs: dict[str, Any]) -> str:
@@ -183,8 +192,15 @@ def report(cfg: Any, runs: dict[str, Any]) -> dict[str, Any]:
             return ""
         return f" vs the finished weights, {v['kld_student_mean']:.3f} vs the fp student"
 
+    def task(v: dict[str, Any]) -> str:  # the paired verdict: prompts lost / gained against the stored weights
+        p = v.get("paired_exported") or v.get("paired_student")
+        if not p:
+            return ""
+        lo, hi = p["interval"]
+        return f"task {v['task_verdict']}: {p['lost']} lost, {p['gained']} gained of {p['n']} [{lo:+.1%}, {hi:+.1%}]; "
+
     gate = ", ".join(
-        f"{k}: {'pass' if v['passed'] else 'FAIL'} (KLD {v['kld_mean']:.3f}{drift(v)}, "
+        f"{k}: {_gate_word(v)} ({task(v)}KLD {v['kld_mean']:.3f}{drift(v)}, "
         f"top-1 {v['top1_agree']:.1%}, pref {pref(v)})"
         for k, v in (align.get("per_artifact") or {}).items()
     )

@@ -212,6 +212,30 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     return out
 
 
+def stages_needed(cfg: PipelineConfig, targets: set[str]) -> list[Stage]:
+    """``targets`` and every stage they read, transitively, in pipeline order."""
+    stages_ = plan(cfg)
+    unknown = set(targets) - {s.name for s in stages_}
+    if unknown:
+        raise ValueError(f"no stage named {sorted(unknown)} in this pipeline (stages: {[s.name for s in stages_]})")
+    needed = set(targets)
+    for stage in reversed(stages_):
+        if stage.name in needed:
+            needed.update(n for _, n in stage.dep_names())
+    return [s for s in stages_ if s.name in needed]
+
+
+def run_through(cfg: PipelineConfig, targets: set[str], progress: bool = True) -> dict[str, StageRun]:
+    """Run ``targets`` and what they read, nothing else (cached by key).
+
+    Benchmarks that need part of the pipeline call this rather than naming the stages themselves, so a
+    stage added upstream later (``augment``) is run wherever it is read."""
+    r = Runner(Path(cfg.out), progress)
+    for stage in stages_needed(cfg, targets):
+        r.run(stage)
+    return r.runs
+
+
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -301,13 +301,13 @@ def evaluate(inp: EvaluateInputs, d: Path, deps: dict[str, Any], progress: bool)
         fp = TeacherConfig(kind="hf", model=str(RunFolder(fp_run).model))
         results.append((eval_teacher(name, fp, task, False, mx), what))
     if inp.finished and e.finished:  # the finished weights in torch: what 4-bit should reproduce
-        fin = TeacherConfig(kind="hf", model=str(RunFolder(deps["finish"].dir / "finish", FINISH).model))
-        results.append(
-            (
-                eval_teacher("student finished (fp32, on the 4-bit grid)", fin, task, False, mx),
-                {"kind": "student_finished"},
-            )
-        )
+        name, what = "student finished (fp32, on the 4-bit grid)", {"kind": "student_finished"}
+        answers = golden_fp_answers(bundle, task, mx, fp_run, finished=deps["finish"].dir / "finish")
+        if answers is not None:  # the export decoded these for the gate's paired reference
+            results.append((score_answers(name, task, answers, 0.0), {**what, "answers": "golden set"}))
+        else:
+            fin = TeacherConfig(kind="hf", model=str(RunFolder(deps["finish"].dir / "finish", FINISH).model))
+            results.append((eval_teacher(name, fin, task, False, mx), what))
     gate = gate_answers(deps["export"].dir / GATE_ANSWERS, bundle, task, mx)
     for art in open_bundle(bundle, verify=False).artifacts:
         name, what = f"student after, {art.quant}", {"kind": "artifact", "artifact": art.path, "quant": art.quant}

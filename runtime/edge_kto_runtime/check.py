@@ -22,7 +22,14 @@ the fp model's greedy continuation:
   Reported twice: on whole-answer pairs, and on *hard* pairs (a desirable answer vs its near miss
   with one fact broken), whose fp margins are small enough for quantization to flip.
 - **greedy exact match**: the artifact's greedy ids equal the fp greedy ids.
-- **task accuracy**: the task verifier on greedy outputs, fp (stored) vs artifact, and retention.
+- **task accuracy**: the task verifier on greedy outputs, fp (stored) vs artifact, and retention;
+  the gate decides on the *paired* answers (:mod:`.paired`): prompts lost and gained, the interval
+  of the net change, and a verdict (pass / inconclusive / fail) against two references --
+  the weights the artifact stores (``paired_exported``: the export's own loss; for a finished
+  student the finished weights' greedy answers, ``exported_greedy_text``) and the fp student
+  (``paired_student``: everything after training, finishing included). The task verdict is the
+  export's own, except that a loss *shown* against the fp student fails it too; without finishing
+  the two references are one model.
 
 A golden set may hold log-probs and completions on a subset of its rows (``detail_rows`` in the
 manifest's golden entry): KL, top-1 and preference are measured there, greedy match and task
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +49,7 @@ import numpy as np
 
 from .errors import InvalidInput
 from .model import EdgeModel
+from .paired import paired_verdict
 
 FpLogprobs = Callable[[list[int], list[int]], np.ndarray]  # (ids, positions) -> full fp log-probs
 
@@ -52,7 +61,10 @@ class Thresholds:
     kld_mean_max: float = 0.25
     top1_min: float = 0.75
     pref_agree_min: float = 0.90
-    task_retention_min: float = 0.80  # used when the golden set has references and fp solves some
+    # Accuracy points an artifact may lose against its reference, shown at 95% over the golden prompts
+    # (paired.py). 5 points: 117 prompts suffice when 7.5% of answers change, 310 when 20% do.
+    task_margin: float = 0.05
+    task_retention_min: float = 0.0  # a point floor on acc/acc_fp on top of the paired rule; 0: off
     hard_pref_agree_min: float = 0.0  # hard (near-miss) pairs: reported; raise it to gate on them
 
     @classmethod
@@ -121,9 +133,12 @@ def check_artifact(
     th = thresholds or Thresholds()
     kl_k, kl_f, top1, kl_student = [], [], [], []
     pref, margins_fp, margins_art, greedy_eq, hard, hard_fp = [], [], [], [], [], []
-    acc_fp, acc_art, ids_match, per_row = [], [], [], []
+    decoded = 0
+    acc_fp, acc_exp, acc_art, ids_match, per_row = [], [], [], [], []
     # every answer at once where the backend decodes many together (same answers as one at a time)
+    t_decode = time.perf_counter()
     many = m.greedy_ids_many([row["prompt_ids"] for row in golden], max_new_tokens) if max_new_tokens else None
+    decode_s = time.perf_counter() - t_decode
     for k, row in enumerate(golden):
         p, g = row["prompt_ids"], row["greedy_ids"]
         ids_match.append(m.encode(row["messages"]) == p)  # the device's template + tokenizer give the trained ids
@@ -161,21 +176,29 @@ def check_artifact(
             row_hard = (m_fp, art_logp(gi) - art_logp(bi))
             hard.append((m_fp > 0) == (row_hard[1] > 0))
             hard_fp.append(abs(m_fp))
+        t_decode = time.perf_counter()
         art_ids = many[k] if many is not None else _greedy_ids(m, p, max_new_tokens or max(len(g), 1))
+        decode_s += time.perf_counter() - t_decode
+        decoded += len(art_ids)
         greedy_eq.append(art_ids == g)
         art_text = m.cut_at_stop(m.detokenize([t for t in art_ids if t not in m.eos_ids]).decode("utf-8", "replace"))
-        ok_fp = ok_art = None
+        ok_fp = ok_art = ok_exp = None
         if verifier is not None and row.get("reference") is not None:
             ok_fp, ok_art = (
                 bool(verifier(row["greedy_text"], row["reference"])),
                 bool(verifier(art_text, row["reference"])),
             )
+            exp_text = row.get("exported_greedy_text")
+            ok_exp = ok_fp if exp_text is None else bool(verifier(exp_text, row["reference"]))
             acc_fp.append(ok_fp)
+            acc_exp.append(ok_exp)
             acc_art.append(ok_art)
         per_row.append(
             {
                 "id": row.get("id"),
+                "split": row.get("split", "eval"),
                 "task_ok_fp": ok_fp,
+                "task_ok_exported": ok_exp,
                 "task_ok": ok_art,
                 "greedy_match": greedy_eq[-1],
                 "greedy_ids": art_ids,
@@ -186,6 +209,9 @@ def check_artifact(
         )
     res = _summarise(m, th, kl_k, kl_f, top1, pref, margins_fp, margins_art, greedy_eq, acc_fp, acc_art)
     res["kl_reference"] = "finished" if any("exported_top_logprobs" in r for r in golden) else "student"
+    res["decode_s"], res["decode_tokens"] = round(decode_s, 3), decoded
+    res["decode_tokens_per_s"] = round(decoded / decode_s, 2) if decode_s > 0 else None
+    _task_verdict(res, acc_fp, acc_exp, acc_art, any("exported_greedy_text" in r for r in golden), th)
     res["kld_student_mean"] = float(np.concatenate(kl_student).mean()) if kl_student else None
     res["hard_pairs"] = len(hard)
     res["hard_pref_agree"] = float(np.mean(hard)) if hard else None
@@ -202,6 +228,30 @@ def check_artifact(
             f"prompts tokenize differently on this artifact than in training"
         )
     return res
+
+
+def _task_verdict(
+    res: dict[str, Any], acc_fp: list, acc_exp: list, acc_art: list, finished: bool, th: Thresholds
+) -> None:
+    """The paired task-accuracy decision against both references (module docstring)."""
+    if not acc_art:
+        res["paired_student"] = res["paired_exported"] = res["task_verdict"] = None
+        return
+    student = paired_verdict(acc_fp, acc_art, th.task_margin)
+    exported = paired_verdict(acc_exp, acc_art, th.task_margin) if finished else student
+    verdict = "fail" if student["verdict"] == "fail" else exported["verdict"]
+    res["paired_student"], res["task_verdict"] = student, verdict
+    res["paired_exported"] = exported if finished else None  # None: the stored weights are the fp student
+    if verdict != "pass":
+        which = exported if exported["verdict"] == verdict else student
+        ref = "the weights it stores" if which is exported and finished else "the fp student"
+        lo, hi = which["interval"]
+        why = "a loss is shown" if verdict == "fail" else "not enough evidence either way"
+        res["passed"] = False
+        res["failures"].append(
+            f"task accuracy vs {ref}: {which['lost']} lost, {which['gained']} gained of {which['n']} prompts, "
+            f"net {which['diff']:+.1%} [{lo:+.1%}, {hi:+.1%}], margin {th.task_margin:.1%}: {verdict} ({why})"
+        )
 
 
 def _summarise(
@@ -282,7 +332,40 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{f(r['margin_retention'], '.2f')} | {f(r['greedy_match'], '.1%')} | "
             f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + paired_table(results)
+
+
+def paired_table(results: list[dict[str, Any]]) -> str:
+    """Per artifact and reference: prompts lost / gained, the net change with its 95% interval, the verdict."""
+    rows = [
+        (r["artifact"], ref, p)
+        for r in results
+        for ref, p in (("weights it stores", r.get("paired_exported")), ("fp student", r.get("paired_student")))
+        if p is not None
+    ]
+    if not rows:
+        return ""
+    lines = [
+        "",
+        f"Task accuracy, paired over the golden prompts (margin {rows[0][2]['margin']:.1%}; "
+        "pass: a larger loss is ruled out at 95%, fail: a loss is shown, else inconclusive):",
+        "",
+        "| artifact | reference | prompts | lost | gained | net | 95% interval | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for art, ref, p in rows:
+        lo, hi = p["interval"]
+        lines.append(
+            f"| {art} | {ref} | {p['n']} | {p['lost']} | {p['gained']} | {p['diff']:+.1%} | "
+            f"[{lo:+.1%}, {hi:+.1%}] | {p['verdict']} |"
+        )
+    verdicts = [f"`{r['artifact']}`: **{r['task_verdict']}**" for r in results if r.get("task_verdict")]
+    return (
+        "\n".join(lines)
+        + "\n\nTask verdict (the stored weights' own; a loss shown against the fp student fails it): "
+        + ", ".join(verdicts)
+        + "\n"
+    )
 
 
 def run_device_check(

@@ -255,7 +255,8 @@ def finished_bundle(request, tmp_path_factory, finished, kto_rows) -> Path:
             source=str(finished),
             out=str(out),
             gguf=["Q4_0"],
-            onnx=[{"accuracy_level": 1, "head_accuracy_level": 1}],  # fp32 activations everywhere: exact
+            # fp32 activations everywhere: exact; and the same with the embedding table and head unquantized
+            onnx=[{"accuracy_level": 1, "head_accuracy_level": 1}, {"accuracy_level": 1, "fp32_embeddings": True}],
             golden_data=str(kto_rows),
             golden_max_new_tokens=8,
             check=False,

@@ -155,6 +155,28 @@ def test_onnx_int4_reproduces_finished_weights_exactly(finished, finished_bundle
 
 
 @pytest.mark.integration
+def test_onnx_with_fp32_embeddings_is_the_finished_models_own_forward(finished, finished_bundle):
+    """``fp32_embeddings``: the tied table is stored once, unquantized, for the input Gather and the head, so at
+    accuracy_level=1 onnxruntime-genai computes the finished model's torch forward as it is (no
+    substituted embedding or head): log-probs within 1e-3."""
+    from transformers import AutoModelForCausalLM
+
+    from edge_kto_runtime import load
+
+    inits = _onnx_initializers(finished_bundle / "onnx-int4-acc1-fp32emb")
+    assert not any(k.startswith(("lm_head.MatMul.weight_Q", "model.embed_tokens.weight_Q")) for k in inits)
+    model = AutoModelForCausalLM.from_pretrained(str(finished / "model"), dtype=torch.float32).eval()
+    golden = [json.loads(x) for x in (finished_bundle / "golden.jsonl").read_text().splitlines()]
+    with load(finished_bundle, artifact="onnx-int4-acc1-fp32emb/", verify=False) as m:
+        for row in golden[:4]:
+            ids = row["prompt_ids"] + row["greedy_ids"]
+            pos = list(range(len(row["prompt_ids"]) - 1, len(ids) - 1))
+            with torch.no_grad():
+                ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, pos].double(), -1).numpy()
+            assert np.abs(m.logprobs(ids, pos) - ref).max() < 1e-3
+
+
+@pytest.mark.integration
 def test_onnx_fp32_activations_match_the_fake_quant_forward(finished, finished_bundle):
     """accuracy_level=1: with the embedding and LM head set to what the builder stored, the torch
     forward of the finished model and onnxruntime-genai agree within 1e-3 (log-probs)."""
@@ -252,6 +274,10 @@ def test_candidate_specs_refused_with_names():
     assert [o.path for o in parse_onnx([{}, {"accuracy_level": 1}])] == ["onnx-int4/", "onnx-int4-acc1/"]
     exact = parse_onnx({"accuracy_level": 1, "head_accuracy_level": 1})[0]
     assert exact.path == "onnx-int4-acc1-headacc1/" and exact.quant == "int4-b32-int8head-acc1-headacc1"
+    fp32 = parse_onnx({"fp32_embeddings": True})[0]
+    assert fp32.path == "onnx-int4-fp32emb/" and fp32.quant == "int4-b32-fp32emb" and fp32.head_level is None
+    with pytest.raises(CandidateError, match="fp32_embeddings applies to int4 builds"):
+        parse_onnx({"fp32_embeddings": True, "precision": "int8"})
     with pytest.raises(CandidateError, match="head_accuracy_level must be 0-4"):
         parse_onnx({"head_accuracy_level": 5})
     with pytest.raises(CandidateError, match="accuracy_level must be 0-4"):
@@ -520,6 +546,11 @@ def test_gate_measures_a_finished_student_against_its_own_weights(finished, fini
         top = torch.log_softmax(model(torch.tensor([ids])).logits[0, pos], -1).topk(16, -1)
     assert [[t for t, _ in r] for r in row["exported_top_logprobs"]] == top.indices.tolist()
     assert [[t for t, _ in r] for r in row["top_logprobs"]] != top.indices.tolist()  # finishing moved the model
+    # the stored weights' own greedy answer (the gate's paired reference for the export's loss) is what
+    # transformers' generate gives for the finished model
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([row["prompt_ids"]]), do_sample=False, max_new_tokens=8)
+    assert row["exported_greedy_ids"] == gen[0, len(row["prompt_ids"]) :].tolist()[: len(row["exported_greedy_ids"])]
 
     art = "onnx-int4-acc1-headacc1/"  # computes like torch: only the embedding/head storage differs
     server = run_check(

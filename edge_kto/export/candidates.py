@@ -104,12 +104,16 @@ class OnnxCandidate:
     # demo's 576x49152 head took 130 ms of a 140 ms decode step, at level 4 the step takes 17 ms, with
     # the same gate numbers (benchmarks/RESULTS.md). Set it to the body's level for an exact fp32 graph.
     head_accuracy_level: int | None = None
+    # The token embedding and LM head left unquantized (one fp32 table when tied; otherwise the input
+    # embedding is int4 and the head int8): the fp weights' own at 4 bytes per weight; a larger file,
+    # so tried after the smaller candidates of the format.
+    fp32_embeddings: bool = False
     name: str | None = None
 
     @property
     def head_level(self) -> int | None:
         """The LM head node's accuracy_level after the build (None: the head is not int8 MatMulNBits)."""
-        if self.precision != "int4" or not self.int8_head:
+        if self.precision != "int4" or not self.int8_head or self.fp32_embeddings:
             return None
         return 4 if self.head_accuracy_level is None else self.head_accuracy_level
 
@@ -128,7 +132,9 @@ class OnnxCandidate:
             tag += f"-acc{self.accuracy_level}"
         if self.int8_layers:
             tag += "-int8layers"
-        if not self.int8_head:
+        if self.fp32_embeddings:
+            tag += "-fp32emb"
+        elif not self.int8_head:
             tag += "-int4head"
         if self.head_accuracy_level is not None and self.head_level != 4:
             tag += f"-headacc{self.head_level}"
@@ -138,7 +144,8 @@ class OnnxCandidate:
     def quant(self) -> str:
         if self.precision != "int4":
             return self.precision
-        q = f"int4-b{self.block_size}" + ("-int8head" if self.int8_head else "")
+        head = "-fp32emb" if self.fp32_embeddings else "-int8head" if self.int8_head else ""
+        q = f"int4-b{self.block_size}" + head
         if self.algo_config != "default":
             q += f"-{self.algo_config}"
         if self.int8_layers:
@@ -155,6 +162,8 @@ class OnnxCandidate:
             raise CandidateError(f"onnx candidate: head_accuracy_level must be 0-4, got {self.head_accuracy_level!r}")
         if self.algo_config not in ONNX_ALGOS:
             raise CandidateError(f"onnx candidate: algo_config must be one of {ONNX_ALGOS}, got {self.algo_config!r}")
+        if self.fp32_embeddings and (self.precision != "int4" or self.head_accuracy_level is not None):
+            raise CandidateError("onnx candidate: fp32_embeddings applies to int4 builds, without head_accuracy_level")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise CandidateError(f"onnx candidate: block_size must be 16/32/64/128/256, got {self.block_size!r}")
 
@@ -207,4 +216,6 @@ def describe(c: GgufCandidate | OnnxCandidate) -> dict[str, Any]:
     d = asdict(c)
     if isinstance(c, OnnxCandidate):
         d["head_accuracy_level"] = c.head_level  # the level the head was built at, default resolved
+    if isinstance(c, OnnxCandidate) and c.fp32_embeddings:
+        d["int8_head"] = False
     return {k: v for k, v in d.items() if v not in (None, {}, False) or k in ("imatrix", "int8_head")}

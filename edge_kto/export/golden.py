@@ -207,12 +207,16 @@ def build_golden(
     evals = [i for i, g in enumerate(prompts) if g.split == "eval"]
     detail = {evals[j] for j in detail_rows(len(evals), detail_limit)}
     all_pids = [chat_ids(tok, g.messages) for g in prompts]
-    if progress:
-        print(f"golden set: greedy answers to {len(prompts)} prompts", flush=True)
-    all_greedy = greedy_decode(model, all_pids, max_new_tokens, pad_id, eos_ids)
-    exp_greedy = (
-        greedy_decode(exported.eval(), all_pids, max_new_tokens, pad_id, eos_ids) if exported is not None else None
-    )
+
+    def bar_label(what: str) -> str | None:
+        return what if progress else None
+
+    all_greedy = greedy_decode(model, all_pids, max_new_tokens, pad_id, eos_ids, desc=bar_label("golden: fp answers"))
+    exp_greedy = None
+    if exported is not None:  # the weights the artifacts store: the paired reference of the export's own loss
+        exp_greedy = greedy_decode(
+            exported.eval(), all_pids, max_new_tokens, pad_id, eos_ids, desc=bar_label("golden: stored weights")
+        )
     bar = tqdm(total=len(prompts), desc="golden set", unit="prompt", disable=not progress)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]

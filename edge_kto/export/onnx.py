@@ -6,6 +6,12 @@ quality (see benchmarks/RESULTS.md). With tied embeddings, onnxruntime-genai 0.1
 writes an invalid graph for that combination when the table is shared
 ("lm_head.MatMul.weight_Q8G32 is not a graph input"), so the embedding is untied and quantized
 on its own (int4 ``GatherBlockQuantized``) — a few MB more than sharing one int4 table.
+Either way the input embedding is int4 (the builder's ``GatherBlockQuantized`` has no 8-bit form),
+although finishing leaves the embedding off the grid. ``fp32_embeddings`` keeps the token embedding
+and the LM head out of quantization (``nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather``;
+a tied table is stored once, fp32, for both): they then compute what the fp weights do, at 4 bytes
+per weight (SmolLM2-135M's 576 x 49152 table is 113 MB) -- the candidate to fall through to when
+the int4 embedding and int8 head lose answers.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ class OnnxBuild:
         algo_config: str = "default",
         int8_layers: bool = False,
         head_accuracy_level: int | None = None,
+        fp32_embeddings: bool = False,
     ):
+        int8_head = int8_head and not fp32_embeddings
         extra = [f"block_size={block_size}", "is_symmetric=true"] if precision == "int4" else []
         if precision == "int4" and accuracy_level is not None:
             extra.append(f"accuracy_level={accuracy_level}")
@@ -44,6 +52,8 @@ class OnnxBuild:
         mixed = (["last_matmul:int8"] if int8_head else []) + (["mixed_layers:int8"] if int8_layers else [])
         if precision == "int4" and int8_head:
             extra += ["shared_embeddings=false", "op_types_to_quantize=MatMul/Gather"]
+        if precision == "int4" and fp32_embeddings:  # one fp32 table for the input Gather and the head, when tied
+            extra += ["shared_embeddings=true", "nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather"]
         if precision == "int4" and mixed:
             extra.append("matmul_mixed_precision=" + ",".join(mixed))
         self.hf_dir, self.out_dir, self.head_accuracy_level = hf_dir, out_dir, head_accuracy_level

@@ -526,4 +526,5 @@ def _onnx_args(c: OnnxCandidate) -> dict[str, Any]:
         "algo_config": c.algo_config,
         "int8_layers": c.int8_layers,
         "head_accuracy_level": c.head_level,
+        "fp32_embeddings": c.fp32_embeddings,
     }

@@ -29,15 +29,18 @@ def greedy_decode(
     pad_id: int,
     eos_ids: set[int],
     batch_size: int = GREEDY_BATCH,
+    desc: str | None = None,
 ) -> list[list[int]]:
     """Greedy continuation ids of each prompt, in order; each row ends with its first EOS (kept) or
-    after ``max_new_tokens``."""
+    after ``max_new_tokens``. ``desc``: show a progress bar over prompts with this label."""
+    from tqdm.auto import tqdm
     from transformers import DynamicCache
 
     out: list[list[int]] = [[] for _ in prompts]
     if max_new_tokens < 1:
         return out
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None)
     for s in range(0, len(order), batch_size):
         rows = order[s : s + batch_size]
         width = max(len(prompts[i]) for i in rows)
@@ -76,6 +79,8 @@ def greedy_decode(
                 **cache,
             ).logits[:, -1]
             nxt_pos = nxt_pos + 1
+        bar.update(len(rows))
+    bar.close()
     return out
 
 

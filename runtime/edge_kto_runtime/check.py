@@ -230,28 +230,41 @@ def check_artifact(
     return res
 
 
-def _task_verdict(
-    res: dict[str, Any], acc_fp: list, acc_exp: list, acc_art: list, finished: bool, th: Thresholds
-) -> None:
-    """The paired task-accuracy decision against both references (module docstring)."""
+def task_decision(acc_fp: list, acc_exp: list, acc_art: list, finished: bool, margin: float) -> dict[str, Any]:
+    """The paired task-accuracy decision against both references (module docstring), from per-prompt
+    verdicts of the fp student, the stored weights and the artifact; ``failure`` says why it is not a pass."""
     if not acc_art:
-        res["paired_student"] = res["paired_exported"] = res["task_verdict"] = None
-        return
-    student = paired_verdict(acc_fp, acc_art, th.task_margin)
-    exported = paired_verdict(acc_exp, acc_art, th.task_margin) if finished else student
+        return {"paired_student": None, "paired_exported": None, "task_verdict": None, "failure": None}
+    student = paired_verdict(acc_fp, acc_art, margin)
+    exported = paired_verdict(acc_exp, acc_art, margin) if finished else student
     verdict = "fail" if student["verdict"] == "fail" else exported["verdict"]
-    res["paired_student"], res["task_verdict"] = student, verdict
-    res["paired_exported"] = exported if finished else None  # None: the stored weights are the fp student
+    failure = None
     if verdict != "pass":
         which = exported if exported["verdict"] == verdict else student
         ref = "the weights it stores" if which is exported and finished else "the fp student"
         lo, hi = which["interval"]
         why = "a loss is shown" if verdict == "fail" else "not enough evidence either way"
-        res["passed"] = False
-        res["failures"].append(
+        failure = (
             f"task accuracy vs {ref}: {which['lost']} lost, {which['gained']} gained of {which['n']} prompts, "
-            f"net {which['diff']:+.1%} [{lo:+.1%}, {hi:+.1%}], margin {th.task_margin:.1%}: {verdict} ({why})"
+            f"net {which['diff']:+.1%} [{lo:+.1%}, {hi:+.1%}], margin {margin:.1%}: {verdict} ({why})"
         )
+    return {
+        "paired_student": student,
+        "paired_exported": exported if finished else None,  # None: the stored weights are the fp student
+        "task_verdict": verdict,
+        "failure": failure,
+    }
+
+
+def _task_verdict(
+    res: dict[str, Any], acc_fp: list, acc_exp: list, acc_art: list, finished: bool, th: Thresholds
+) -> None:
+    d = task_decision(acc_fp, acc_exp, acc_art, finished, th.task_margin)
+    failure = d.pop("failure")
+    res.update(d)
+    if failure:
+        res["passed"] = False
+        res["failures"].append(failure)
 
 
 def _summarise(

@@ -126,23 +126,30 @@ def x86_reference(bundle: Path, artifact: str, threads: int, limit: int) -> dict
     return res
 
 
-def task_accuracy(bundle: Path, artifact: str, greedy: list[list[int]], golden: list[dict]) -> float | None:
-    """The aarch64 answers scored like the device check scores x86 ones (the golden set's verifier)."""
+def task_accuracy(bundle: Path, artifact: str, greedy: list[list[int]], golden: list[dict], margin: float) -> dict:
+    """The aarch64 answers scored like the device check scores x86 ones (the golden set's verifier),
+    with the gate's paired verdict against the same references (``task_decision``)."""
     from edge_kto_runtime import load, open_bundle
+    from edge_kto_runtime.check import task_decision
     from edge_kto_runtime.verifiers import get_verifier
 
     spec = (open_bundle(bundle, verify=False).manifest.get("golden") or {}).get("verifier")
     if not spec:
-        return None
+        return {"task_acc": None, "task_verdict": None}
     verify = get_verifier(spec)
-    ok = []
+    fp, exp, ok = [], [], []
     with load(bundle, artifact=artifact, verify=False) as m:
         for row, ids in zip(golden, greedy):
             if row.get("reference") is None:
                 continue
-            text = m.detokenize([t for t in ids if t not in m.eos_ids]).decode("utf-8", "replace")
+            text = m.cut_at_stop(m.detokenize([t for t in ids if t not in m.eos_ids]).decode("utf-8", "replace"))
             ok.append(bool(verify(text, row["reference"])))
-    return sum(ok) / len(ok) if ok else None
+            fp.append(bool(verify(row["greedy_text"], row["reference"])))
+            stored = row.get("exported_greedy_text")
+            exp.append(fp[-1] if stored is None else bool(verify(stored, row["reference"])))
+    finished = any("exported_greedy_text" in r for r in golden)
+    d = task_decision(fp, exp, ok, finished, margin)
+    return {"task_acc": sum(ok) / len(ok) if ok else None, "task_verdict": d["task_verdict"], "failure": d["failure"]}
 
 
 def main() -> int:
@@ -197,6 +204,7 @@ def main() -> int:
                         "greedy_match",
                         "task_acc",
                         "task_acc_fp",
+                        "task_verdict",
                         "passed",
                     )
                 }
@@ -230,12 +238,9 @@ def main() -> int:
                     continue
                 greedy = [r["greedy_ids"] for r in res["rows"]]
                 same = [x == y for x, y in zip(greedy, ref["greedy_ids"])]
-                acc = task_accuracy(bundle, art, greedy, golden)
-                passed = res["passed"] and not (
-                    acc is not None
-                    and ref.get("task_acc_fp")
-                    and acc / ref["task_acc_fp"] < ref["thresholds"]["task_retention_min"]
-                )
+                task = task_accuracy(bundle, art, greedy, golden, ref["thresholds"]["task_margin"])
+                acc = task["task_acc"]
+                passed = res["passed"] and task["task_verdict"] in (None, "pass")
                 entry[arch] = {
                     "kld_mean": res["kld_mean"],
                     "kld_p99": res["kld_p99"],
@@ -244,13 +249,15 @@ def main() -> int:
                     "greedy_match_golden": res["greedy_match"],
                     "greedy_match_x86": sum(same) / len(same) if same else None,
                     "task_acc": acc,
+                    "task_verdict": task["task_verdict"],
                     "passed": passed,
                     "failures": res["failures"],
                     "cpu": res.get("llama_cpp_system_info"),
                     "emulated_s": round(time.perf_counter() - t0, 1),
                 }
                 if ref["passed"] and not passed:
-                    failures.append(f"{art} on {arch}: fails the gate x86 passes: {res['failures']}")
+                    why = res["failures"] + ([task["failure"]] if task.get("failure") else [])
+                    failures.append(f"{art} on {arch}: fails the gate x86 passes: {why}")
             report["artifacts"][art] = entry
 
         # 4. A flipped byte is refused on aarch64.

@@ -272,7 +272,7 @@ json check_rows(Model& M, const std::vector<json>& golden) {
             for (size_t i = 0; i < g.size(); i++) pos.push_back(int(p.size() + i) - 1);
             auto q = logprobs(M, ids, pos);
             // a finished student: KL and top-1 against the finished fp weights the artifact stores
-            // (edge_kto_runtime.check); task accuracy and preference stay against the fp student
+            // (edge_kto_runtime.check); preference stays against the fp student (task accuracy: the caller)
             const auto& top = row.contains("exported_top_logprobs") ? row.at("exported_top_logprobs")
                                                                      : row.at("top_logprobs");
             for (size_t i = 0; i < q.size(); i++) {

@@ -71,6 +71,9 @@ def _rows(method: str, res: Any, extra_s: float) -> list[dict[str, Any]]:
                 "task_acc": r["task_acc"],
                 "task_acc_fp": r["task_acc_fp"],
                 "task_retention": r["task_retention"],
+                "task_verdict": r.get("task_verdict"),  # the gate's paired verdict (edge_kto_runtime.paired)
+                "paired_exported": r.get("paired_exported"),
+                "paired_student": r.get("paired_student"),
                 "passed": r["passed"],
                 "extra_s": extra_s,
                 "export_s": res.seconds,

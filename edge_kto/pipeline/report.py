@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_kto_runtime.check import paired_table
+from edge_kto_runtime.paired import paired_table
 
 from ..intervals import accuracy_interval, paired_difference
 from ..jsonl import iter_jsonl

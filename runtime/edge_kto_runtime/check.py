@@ -49,7 +49,7 @@ import numpy as np
 
 from .errors import InvalidInput
 from .model import EdgeModel
-from .paired import paired_verdict
+from .paired import paired_table, paired_verdict
 
 FpLogprobs = Callable[[list[int], list[int]], np.ndarray]  # (ids, positions) -> full fp log-probs
 
@@ -346,39 +346,6 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{f(r['task_acc'], '.1%')} ({f(r['task_acc_fp'], '.1%')}) | {'yes' if r['passed'] else 'NO'} |"
         )
     return "\n".join(lines) + "\n" + paired_table(results)
-
-
-def paired_table(results: list[dict[str, Any]]) -> str:
-    """Per artifact and reference: prompts lost / gained, the net change with its 95% interval, the verdict."""
-    rows = [
-        (r["artifact"], ref, p)
-        for r in results
-        for ref, p in (("weights it stores", r.get("paired_exported")), ("fp student", r.get("paired_student")))
-        if p is not None
-    ]
-    if not rows:
-        return ""
-    lines = [
-        "",
-        f"Task accuracy, paired over the golden prompts (margin {rows[0][2]['margin']:.1%}; "
-        "pass: a larger loss is ruled out at 95%, fail: a loss is shown, else inconclusive):",
-        "",
-        "| artifact | reference | prompts | lost | gained | net | 95% interval | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for art, ref, p in rows:
-        lo, hi = p["interval"]
-        lines.append(
-            f"| {art} | {ref} | {p['n']} | {p['lost']} | {p['gained']} | {p['diff']:+.1%} | "
-            f"[{lo:+.1%}, {hi:+.1%}] | {p['verdict']} |"
-        )
-    verdicts = [f"`{r['artifact']}`: **{r['task_verdict']}**" for r in results if r.get("task_verdict")]
-    return (
-        "\n".join(lines)
-        + "\n\nTask verdict (the stored weights' own; a loss shown against the fp student fails it): "
-        + ", ".join(verdicts)
-        + "\n"
-    )
 
 
 def run_device_check(

@@ -24,7 +24,7 @@ Power: with a share ``p_d`` of discordant prompts and no true loss the interval'
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 Z95 = 1.959963984540054  # two-sided 95%
 VERDICTS = ("pass", "inconclusive", "fail")
@@ -106,3 +106,36 @@ def prompts_needed(margin: float, discordant_rate: float, accuracy: float = 0.6,
     while n > 1 and passes(n - 1):
         n -= 1
     return n
+
+
+def paired_table(results: list[dict[str, Any]]) -> str:
+    """Per artifact and reference: prompts lost / gained, the net change with its 95% interval, the verdict."""
+    rows = [
+        (r["artifact"], ref, p)
+        for r in results
+        for ref, p in (("weights it stores", r.get("paired_exported")), ("fp student", r.get("paired_student")))
+        if p is not None
+    ]
+    if not rows:
+        return ""
+    lines = [
+        "",
+        f"Task accuracy, paired over the golden prompts (margin {rows[0][2]['margin']:.1%}; "
+        "pass: a larger loss is ruled out at 95%, fail: a loss is shown, else inconclusive):",
+        "",
+        "| artifact | reference | prompts | lost | gained | net | 95% interval | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for art, ref, p in rows:
+        lo, hi = p["interval"]
+        lines.append(
+            f"| {art} | {ref} | {p['n']} | {p['lost']} | {p['gained']} | {p['diff']:+.1%} | "
+            f"[{lo:+.1%}, {hi:+.1%}] | {p['verdict']} |"
+        )
+    verdicts = [f"`{r['artifact']}`: **{r['task_verdict']}**" for r in results if r.get("task_verdict")]
+    return (
+        "\n".join(lines)
+        + "\n\nTask verdict (the stored weights' own; a loss shown against the fp student fails it): "
+        + ", ".join(verdicts)
+        + "\n"
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from edge_kto_runtime.errors import InvalidInput
 
 from .data import PromptItem, Task
 from .jsonl import AppendLog, write_jsonl_atomic
+from .schema import KEY_OMITS_DEFAULT
 from .teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, make_teacher
 
 INSTRUCTION = (
@@ -36,12 +37,19 @@ INSTRUCTION = (
     "Question: {q}"
 )
 
+ANSWERS = ("teacher", "shared")  # who answers the new phrasings (AugmentConfig.answers)
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """``per_prompt`` new phrasings of each training prompt (0 = off)."""
+    """``per_prompt`` new phrasings of each training prompt (0 = off).
+
+    ``answers``: who answers them. ``teacher``: the generate stage samples them like the training
+    prompts (``generate.n`` decodes each, the costly part). ``shared``: the label stage gives each the
+    accepted teacher answers of its source prompt's intent (``label.shared_answers``), no decoding."""
 
     per_prompt: int = 0
+    answers: str = field(default="teacher", metadata=KEY_OMITS_DEFAULT)
     temperature: float = 0.9
     max_new_tokens: int = 256
     seed: int = 0
@@ -50,6 +58,8 @@ class AugmentConfig:
     def validate(self) -> None:
         if isinstance(self.per_prompt, bool) or not isinstance(self.per_prompt, int) or self.per_prompt < 0:
             raise InvalidInput(f"per_prompt: must be a whole number >= 0, got {self.per_prompt!r}")
+        if self.answers not in ANSWERS:
+            raise InvalidInput(f"answers: must be one of {', '.join(ANSWERS)}, got {self.answers!r}")
         if not 0.0 < self.similarity <= 1.0:
             raise InvalidInput(f"similarity: must be in (0, 1], got {self.similarity!r}")
         if self.temperature < 0 or self.max_new_tokens < 16:

@@ -3,6 +3,7 @@ a wrong answer with no foreign fact, a right one, and a phrase two intents share
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from edge_kto.confusion import ConfusionRule, confusion_rule
@@ -96,3 +97,48 @@ def test_confusion_negatives_give_each_prompt_other_intents_right_answers_as_und
     assert [r["completion"] for r in by["b1"]] == ["Profile > Security; 15 minutes."]
     assert {r["id"] for r in out} == {"r1#x0", "r2#x0", "b1#x0", "b2#x0", "s1#x0"}
     assert confusion_negatives(rows, 2, lambda r: False) == confusion_negatives(rows, 2, lambda r: False)
+
+
+def test_shared_answers_fill_each_prompt_from_its_intent_only_where_its_own_verifier_accepts():
+    from edge_kto.label.shared import phrasing_rows, shared_positives
+    from edge_kto_runtime.verifiers import contains_all
+
+    rows = [
+        _row("r1", "reset", "Profile > Security; 15 minutes.", True, RESET),
+        _row("r2", "reset", "No idea.", False, RESET),
+        _row("r3", "reset", "Profile > Security, then wait 15 minutes.", True, RESET),
+        _row("b1", "battery", "A CR2032 lasts 18 months.", True, BATTERY),
+        _row("b2", "battery", "A CR2032 cell.", True, ["CR2032"]),  # asks less: b1's answer fits it, not back
+        _row("s1", "battery", "A CR2032 lasts 18 months, odd.", True, BATTERY, source="student"),  # never a donor
+    ]
+    extra = phrasing_rows(rows, [{"id": "r2~p0", "prompt": "Lost my password", "reference": RESET, "intent": "reset"}])
+    assert extra[0]["prompt"] == [{"role": "user", "content": "Lost my password"}] and extra[0]["prompt_id"] == "r2~p0"
+    out = shared_positives(rows, 2, lambda r: contains_all(r["completion"], r["reference"]), extra)
+    by: dict[str, list[str]] = {}
+    for r in out:
+        assert r["label"] is True and r["source"].startswith("shared:") and r["labeler"] == "shared"
+        by.setdefault(r["prompt_id"], []).append(r["completion"])
+    # r1 and r3 each had one accepted answer and get the other; r2 (none) and the new phrasing get both
+    assert by["r1"] == ["Profile > Security, then wait 15 minutes."]
+    assert by["r3"] == ["Profile > Security; 15 minutes."]
+    assert sorted(by["r2"]) == sorted(by["r2~p0"]) == sorted([rows[0]["completion"], rows[2]["completion"]])
+    # b2 gets b1's answer (it states CR2032); b1 cannot take b2's (no "18 months"); s1 already has its own
+    assert by["b2"] == ["A CR2032 lasts 18 months."] and "b1" not in by
+    assert by["s1"] == ["A CR2032 lasts 18 months."]
+    assert shared_positives(rows, 2, lambda r: True) == shared_positives(rows, 2, lambda r: True)  # seeded
+    assert shared_positives(rows, 1, lambda r: True, extra)[-1]["prompt_id"] == "r2~p0"
+
+
+def test_teacher_best_of_n_counts_the_teachers_own_samples_not_shared_answers(tmp_path):
+    from edge_kto.label import teacher_best_of_n
+    from edge_kto.label.shared import shared_positives
+
+    rows = [
+        _row("r1", "reset", "Profile > Security; 15 minutes.", True, RESET),
+        _row("r2", "reset", "No idea.", False, RESET),
+    ]
+    rows += shared_positives(rows, 1, lambda r: True)  # r2 gets r1's answer
+    p = tmp_path / "kto.jsonl"
+    p.write_text("".join(json.dumps({"id": f"{r['prompt_id']}#{i}", **r}) + "\n" for i, r in enumerate(rows)))
+    assert any(r["prompt_id"] == "r2" and r["label"] for r in rows)
+    assert teacher_best_of_n(p) == (1, 2)

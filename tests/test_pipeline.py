@@ -18,6 +18,7 @@ from edge_kto.evaluate import eval_teacher
 from edge_kto.intervals import accuracy_interval
 from edge_kto.run_folder import RunFolder
 from edge_kto.teacher.base import TeacherConfig
+from edge_kto_runtime.verifiers import get_verifier
 
 TASK = Path(__file__).resolve().parent.parent / "edge_kto" / "tasks" / "capitals"
 
@@ -115,13 +116,20 @@ def test_pipeline_on_a_second_task_caches_stages_and_resumes_after_kill(tmp_path
 
 
 @pytest.mark.real_model
-def test_augmented_and_rejection_sampled_training_data_never_holds_an_eval_prompt(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("answers", ["teacher", "shared"])
+def test_augmented_and_rejection_sampled_training_data_never_holds_an_eval_prompt(tmp_path, tiny_model_dir, answers):
     """``augment`` + ``coverage`` on: the teacher's new phrasings and its extra samples reach training,
-    no eval prompt (or a near-duplicate) reaches any training file, and the report says what was added."""
+    no eval prompt (or a near-duplicate) reaches any training file, and the report says what was added.
+    ``answers: shared``: the phrasings reach training through the label stage's shared answers, and the
+    teacher never decodes for them."""
     from edge_kto.augment import near_duplicate, normalise
 
     cfg = _yaml(tmp_path, tiny_model_dir, max_steps=2)
-    extra = "augment: {per_prompt: 2, max_new_tokens: 64}\ncoverage: {accepted: 1, max_samples: 4, guided: 1}\n"
+    extra = (
+        f"augment: {{per_prompt: 2, max_new_tokens: 64, answers: {answers}}}\n"
+        "coverage: {accepted: 1, max_samples: 4, guided: 1}\n"
+        + ("label: {shared_answers: 2}\n" if answers == "shared" else "")
+    )
     cfg.write_text(cfg.read_text() + extra)
     out = tmp_path / "run"
     p = _run([str(cfg), "--quiet"])
@@ -142,7 +150,16 @@ def test_augmented_and_rejection_sampled_training_data_never_holds_an_eval_promp
                 assert not any(near_duplicate(prompt, e, 0.85) for e in evals), (f.name, prompt)
     (cands,) = stages.glob("generate-*/candidates.jsonl")
     ids = {json.loads(x)["prompt_id"] for x in cands.read_text().splitlines()}
-    assert {r["id"] for r in added} <= ids  # the teacher answered the new phrasings too
+    if answers == "teacher":
+        assert {r["id"] for r in added} <= ids  # the teacher answered the new phrasings too
+    else:
+        assert not {r["id"] for r in added} & ids  # no decoding for them...
+        (kto,) = stages.glob("label-*/kto.jsonl")
+        rows = [json.loads(x) for x in kto.read_text().splitlines()]
+        shared = [r for r in rows if "~p" in r["prompt_id"]]
+        verify = get_verifier(read_task(TASK).verifier)
+        assert shared and all(r["label"] and r["source"].startswith("shared:") for r in shared)  # ...shared answers
+        assert all(verify(r["completion"], r["reference"]) for r in shared)
     md = (out / "report.md").read_text()
     assert "augment: " in md and "teacher coverage: " in md and "| confused |" in md
 

@@ -57,6 +57,9 @@ def test_a_typo_in_each_section_is_refused_at_load_naming_file_and_key(tmp_path,
         ("finish: {steps: 0}", "finish: invalid finish config"),
         ("train: {data: other.jsonl}", "train: data: set by the pipeline"),
         ("export: 3", "export: expected a mapping of ExportConfig fields"),
+        ("label: {shared_answers: -1}", "shared_answers: must be a whole number >= 0"),
+        ("augment: {per_prompt: 2, answers: judge}", "answers: must be one of teacher, shared"),
+        ("augment: {per_prompt: 2, answers: shared}", "augment: answers: shared needs label: shared_answers >= 1"),
     ],
 )
 def test_wrong_types_values_and_pipeline_owned_fields_are_refused_at_load(tmp_path, body, where):
@@ -107,6 +110,22 @@ def test_label_eval_key_follows_generate_max_new_tokens(tmp_path):
 def test_a_setting_reruns_the_stage_that_reads_it_and_those_after_only(tmp_path, change, first, untouched):
     changed = _changed(tmp_path, "", change)
     assert first in changed and not (changed & untouched), changed
+
+
+def test_shared_answers_move_the_phrasings_from_generate_to_label_and_keep_augments_key(tmp_path):
+    """``answers: shared``: the teacher does not decode the phrasings (generate's key is the plain one),
+    the label stage reads them; the augment stage's key does not depend on who answers."""
+    from edge_kto.pipeline.runner import plan
+
+    plain = plan_keys(_load(tmp_path, ""))
+    teacher = _load(tmp_path, "augment: {per_prompt: 2}")
+    shared = _load(tmp_path, "augment: {per_prompt: 2, answers: shared}\nlabel: {shared_answers: 2}")
+    deps = {s.name: s.deps for s in plan(shared)}
+    assert deps["generate"] == () and deps["label"] == ("generate", "augment")
+    assert {s.name: s.deps for s in plan(teacher)}["generate"] == ("augment",)
+    kt, ks = plan_keys(teacher), plan_keys(shared)
+    assert ks["augment"] == kt["augment"] and ks["generate"] == plain["generate"] != kt["generate"]
+    assert ks["label"] != plain["label"]
 
 
 def test_round_k_is_cached_whatever_number_of_rounds_follows(tmp_path):

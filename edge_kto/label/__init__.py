@@ -23,6 +23,7 @@ from ..teacher.base import GenRequest, SamplingParams, Teacher, TeacherConfig, m
 from .human import read_human_labels
 from .judge import DEFAULT_RUBRIC, LLMJudge, parse_verdict
 from .negatives import confusion_negatives
+from .shared import phrasing_rows, shared_positives
 from .verifiers import BUILTIN, get_verifier
 
 __all__ = [
@@ -61,6 +62,8 @@ class LabelConfig:
     on_policy: OnPolicyConfig | None = None
     dedupe: bool = True  # drop repeated (prompt, completion) pairs
     confusion_negatives: int = 0  # per prompt: other intents' accepted answers as undesirable rows (negatives.py)
+    shared_answers: int = 0  # fill each prompt up to this many accepted answers from its intent (shared.py)
+    phrasings: str | None = None  # the augment stage's prompts.jsonl, answered with shared answers only
     progress: bool = True
 
 
@@ -205,15 +208,18 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
         row["label"] = lab
         row["labeler"] = cfg.labeler if cfg.labeler != "verifier" else f"verifier:{cfg.verifier or r.get('verifier')}"
         kept.append(row)
+    cache: dict[str, Any] = {}
+
+    def own_verifier(row: dict) -> bool:
+        name = cfg.verifier or row.get("verifier")
+        return bool(name) and bool(cache.setdefault(name, get_verifier(name))(row["completion"], row.get("reference")))
+
+    if cfg.phrasings and not cfg.shared_answers:
+        raise InvalidInput("phrasings without shared_answers: new phrasings are answered only with shared answers")
+    if cfg.shared_answers:
+        extra = phrasing_rows(kept, [r for _, r in iter_jsonl(cfg.phrasings)]) if cfg.phrasings else []
+        kept += shared_positives(kept, cfg.shared_answers, own_verifier, extra)
     if cfg.confusion_negatives:
-        cache: dict[str, Any] = {}
-
-        def own_verifier(row: dict) -> bool:
-            name = cfg.verifier or row.get("verifier")
-            return bool(name) and bool(
-                cache.setdefault(name, get_verifier(name))(row["completion"], row.get("reference"))
-            )
-
         kept += confusion_negatives(kept, cfg.confusion_negatives, own_verifier)
     write_jsonl_atomic(cfg.out, kept)
     summary = summarize_labels(kept, unlabeled, duplicates, cfg.labeler)
@@ -221,6 +227,9 @@ def run_label(cfg: LabelConfig, judge_teacher: Teacher | None = None, student: T
     write_json_atomic(summary_path, summary)
     return LabelResult(Path(cfg.out), summary_path, summary)
 
+
+#: ``source`` prefixes of rows made from other rows' answers (``shared:<donor>``, ``confusion:<donor>``)
+DERIVED_SOURCES = ("shared:", "confusion:")
 
 #: ``source`` of rows the student produced: sampled in torch (label, rounds) or rated on a device.
 STUDENT_SOURCES = ("student", "device")
@@ -233,7 +242,8 @@ def teacher_best_of_n(kto_path: Path) -> tuple[int, int] | None:
         return None
     ok: dict[str, bool] = {}
     for _, r in iter_jsonl(kto_path):
-        if r.get("source") in STUDENT_SOURCES:
+        source = str(r.get("source", ""))
+        if source in STUDENT_SOURCES or source.startswith(DERIVED_SOURCES):  # the teacher's own samples only
             continue
         pid = str(r.get("prompt_id", r["id"]))
         ok[pid] = ok.get(pid, False) or bool(r["label"])
@@ -247,7 +257,10 @@ def summarize_labels(
     by_source: dict[str, dict[str, int]] = {}
     desirable_by_prompt: dict[str, int] = {}
     for r in rows:
-        src = by_source.setdefault(r.get("source", "unknown"), {"desirable": 0, "undesirable": 0})
+        source = str(r.get("source", "unknown"))
+        if source.startswith(DERIVED_SOURCES):  # one entry per kind, not one per donor prompt
+            source = source.split(":")[0]
+        src = by_source.setdefault(source, {"desirable": 0, "undesirable": 0})
         src["desirable" if r["label"] else "undesirable"] += 1
         pid = str(r.get("prompt_id", r["id"]))
         desirable_by_prompt[pid] = desirable_by_prompt.get(pid, 0) + int(r["label"])

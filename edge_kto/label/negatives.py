@@ -21,6 +21,31 @@ def intent_key(row: dict[str, Any]) -> str:
     return row.get("intent") or json.dumps(row.get("reference"), sort_keys=True)
 
 
+def seeded_order(pool: list[dict[str, Any]], salt: str) -> list[dict[str, Any]]:
+    """``pool`` shuffled by a seed drawn from ``salt`` (the same rows give the same file)."""
+    rng = random.Random(int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little"))
+    pool = list(pool)
+    rng.shuffle(pool)
+    return pool
+
+
+def answer_row(prompt_row: dict[str, Any], donor: dict[str, Any], row_id: str, kind: str) -> dict[str, Any]:
+    """``donor``'s answer given to ``prompt_row``'s prompt, judged by the prompt's own reference and
+    verifier; ``source`` is ``<kind>:<donor prompt id>`` (whose answer it was)."""
+    row = {
+        "id": row_id,
+        "prompt_id": prompt_row["prompt_id"],
+        "prompt": prompt_row["prompt"],
+        "completion": donor["completion"],
+        "reference": prompt_row.get("reference"),
+        "verifier": prompt_row.get("verifier"),
+        "source": f"{kind}:{donor['prompt_id']}",
+    }
+    if prompt_row.get("intent"):
+        row["intent"] = prompt_row["intent"]
+    return row
+
+
 def confusion_negatives(rows: list[dict[str, Any]], k: int, verify: Callable[[dict[str, Any]], bool]) -> list[dict]:
     """Up to ``k`` undesirable rows per training prompt, each another intent's accepted teacher answer.
 
@@ -37,28 +62,15 @@ def confusion_negatives(rows: list[dict[str, Any]], k: int, verify: Callable[[di
     for pid, r in prompts.items():
         own = intent_key(r)
         pool = [d for key, ds in sorted(donors.items()) if key != own for d in ds]
-        rng = random.Random(int.from_bytes(hashlib.sha256(f"negatives:{pid}".encode()).digest()[:8], "little"))
-        rng.shuffle(pool)
         picked, used = 0, set()
-        for d in pool:
+        for d in seeded_order(pool, f"negatives:{pid}"):
             if picked == k:
                 break
             if d["completion"] in used:
                 continue
-            row = {
-                "id": f"{pid}#x{picked}",
-                "prompt_id": pid,
-                "prompt": r["prompt"],
-                "completion": d["completion"],
-                "reference": r.get("reference"),
-                "verifier": r.get("verifier"),
-                "source": f"confusion:{d['prompt_id']}",  # whose answer it is
-                "negative_of": intent_key(d),
-            }
+            row = {**answer_row(r, d, f"{pid}#x{picked}", "confusion"), "negative_of": intent_key(d)}
             if verify(row):  # the other intent's answer also satisfies this prompt: not a confusion
                 continue
-            if r.get("intent"):
-                row["intent"] = r["intent"]
             used.add(d["completion"])
             out.append({**row, "label": False, "labeler": "confusion"})
             picked += 1

@@ -46,10 +46,15 @@ class LabelSection:
     eval_student_temperature: float | None = None
     # per training prompt: other intents' accepted teacher answers as undesirable rows (label/negatives.py)
     confusion_negatives: int = field(default=0, metadata=KEY_OMITS_DEFAULT)
+    # per training prompt: up to this many accepted answers, borrowed from its intent's other prompts
+    # where it has fewer (label/shared.py); also answers augment's phrasings when augment.answers is shared
+    shared_answers: int = field(default=0, metadata=KEY_OMITS_DEFAULT)
 
     def validate(self) -> None:
-        if isinstance(self.confusion_negatives, bool) or self.confusion_negatives < 0:
-            raise InvalidInput(f"confusion_negatives: must be a whole number >= 0, got {self.confusion_negatives!r}")
+        for name in ("confusion_negatives", "shared_answers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInput(f"{name}: must be a whole number >= 0, got {v!r}")
 
 
 @dataclass
@@ -128,6 +133,11 @@ class PipelineConfig:
             else:
                 typed[f.name] = from_mapping(_Scalars, {f.name: value}, where).__dict__[f.name]
         cfg = cls(**typed)
+        if cfg.augment.per_prompt and cfg.augment.answers == "shared" and not cfg.label.shared_answers:
+            raise InvalidInput(
+                f"{where}: augment: answers: shared needs label: shared_answers >= 1 "
+                "(the accepted answers each new phrasing gets)"
+            )
         read_task(cfg.task)  # the task folder itself: a missing file or bad row stops the run here, named
         return cfg
 

@@ -110,6 +110,14 @@ def _data_lines(runs: dict[str, Any]) -> list[str]:
             f"({aug['refused_eval_near_duplicates']} refused as near an eval prompt, "
             f"{aug['refused_duplicates']} as duplicates)"
         )
+    lab = runs["label"].result if "label" in runs else None
+    derived = (lab or {}).get("by_source", {})
+    if "shared" in derived or "confusion" in derived:
+        shared, neg = derived.get("shared", {}).get("desirable", 0), derived.get("confusion", {}).get("undesirable", 0)
+        out.append(
+            f"training rows: {lab['rows']} for {lab['prompts']} prompts, {lab['desirable']} desirable ({shared} "
+            f"shared within an intent), {lab['undesirable']} undesirable ({neg} confusion negatives)"
+        )
     cov = runs["generate"].result.get("coverage") if "generate" in runs else None
     if cov and cov.get("samples"):
         out.append(

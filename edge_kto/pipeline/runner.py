@@ -143,9 +143,19 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     label = cfg.label
     # "auto" precision resolved here, on this machine: a stage's key records which arithmetic it ran
     train = replace(cfg.train, precision=resolve_precision(cfg.train.precision))
-    augmented = cfg.augment.per_prompt > 0  # new phrasings of the training prompts, before the teacher answers
+    augmented = cfg.augment.per_prompt > 0  # new phrasings of the training prompts
+    # answered by the teacher (generate reads them) or with the intent's accepted answers (label reads them)
+    read_by = ("generate" if cfg.augment.answers == "teacher" else "label") if augmented else None
     out = (
-        [Stage("augment", stages.AugmentInputs(task, cfg.teacher, cfg.augment), (), stages.augment)]
+        # its key leaves out who answers: the same phrasings serve either reader
+        [
+            Stage(
+                "augment",
+                stages.AugmentInputs(task, cfg.teacher, replace(cfg.augment, answers="teacher")),
+                (),
+                stages.augment,
+            )
+        ]
         if augmented
         else []
     )
@@ -153,7 +163,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         Stage(
             "generate",
             stages.GenerateInputs(task, cfg.teacher, cfg.generate, "train", cfg.coverage),
-            ("augment",) if augmented else (),
+            ("augment",) if read_by == "generate" else (),
             stages.generate,
         ),
         Stage(
@@ -167,8 +177,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 label.student_temperature,
                 cfg.generate.max_new_tokens,
                 label.confusion_negatives,
+                label.shared_answers,
             ),
-            ("generate",),
+            ("generate", "augment") if read_by == "label" else ("generate",),
             stages.label,
         ),
         # The golden set's preference pairs: the teacher's eval answers plus the student's own, labelled

@@ -103,13 +103,15 @@ class LabelInputs:
     student_temperature: float
     max_new_tokens: int  # the student's answer budget (the pipeline's generate.max_new_tokens)
     confusion_negatives: int = field(default=0, metadata=KEY_OMITS_DEFAULT)  # training labels only
+    shared_answers: int = field(default=0, metadata=KEY_OMITS_DEFAULT)  # training labels only
 
 
 def label(inp: LabelInputs, d: Path, deps: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Verifier labels for the candidates of the one generate stage it depends on, plus the student's."""
+    """Verifier labels for the candidates of the generate stage it depends on, plus the student's; with an
+    ``augment`` dependency (``answers: shared``) its phrasings are answered with shared answers."""
     from ..label import LabelConfig, OnPolicyConfig, run_label
 
-    (gen,) = deps.values()
+    gen = next(v for k, v in deps.items() if k != "augment")
     op = None
     if inp.student_samples > 0:
         op = OnPolicyConfig(
@@ -124,6 +126,8 @@ def label(inp: LabelInputs, d: Path, deps: dict[str, Any], progress: bool) -> di
             out=str(d / "kto.jsonl"),
             on_policy=op,
             confusion_negatives=inp.confusion_negatives,
+            shared_answers=inp.shared_answers,
+            phrasings=str(deps["augment"].dir / "prompts.jsonl") if "augment" in deps else None,
             progress=progress,
         )
     )

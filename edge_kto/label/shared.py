@@ -1,8 +1,8 @@
 """Shared answers: a right answer to one phrasing of a question is a right answer to the others.
 
 The teacher gets some training prompts wrong every time it is asked (on the demo a third of them with
-2 samples), and a student that saw an intent's facts on 5 of its 8 phrasings confuses the other 3 with
-a neighbour's. Within one intent the facts a right answer states are the same, so an answer the
+2 samples), and a student that saw an intent's facts on only some of its phrasings answers the others
+with a neighbour's. Within one intent the facts a right answer states are the same, so an answer the
 labeler accepted for one phrasing can be given to another phrasing, as long as *that* prompt's own
 verifier accepts it too (the rule, not the intent name, decides). This costs no generation: each
 training prompt is filled up to ``k`` desirable rows from its intent's accepted teacher answers, the
@@ -49,7 +49,7 @@ def shared_positives(
     rows: list[dict[str, Any]],
     k: int,
     verify: Callable[[dict[str, Any]], bool],
-    extra_prompts: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    extra_prompts: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Desirable rows that bring each prompt up to ``k`` accepted answers, drawn from its intent.
 
@@ -65,7 +65,7 @@ def shared_positives(
             have.setdefault(r["prompt_id"], set()).add(r["completion"].strip())
             if str(r.get("source", "")).startswith("teacher"):
                 donors.setdefault(intent_key(r), []).append(r)
-    for p in extra_prompts:
+    for p in extra_prompts or []:
         prompts.setdefault(p["prompt_id"], p)
     out = []
     for pid, r in prompts.items():

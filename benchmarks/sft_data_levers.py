@@ -34,18 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def labelled_rows(candidates: Path, verifier: str) -> list[dict[str, Any]]:
-    """The candidates with the task's verifier verdict, as the label stage writes them (deduplicated)."""
-    from edge_kto_runtime.verifiers import get_verifier
+    """The candidates labelled by the label stage itself (``run_label``: the task's verifier, deduplicated)."""
+    import tempfile
 
-    verify, seen, out = get_verifier(verifier), set(), []
-    for line in candidates.read_text().splitlines():
-        r = json.loads(line)
-        key = (json.dumps(r["prompt"]), r["completion"].strip())
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append({**r, "label": bool(verify(r["completion"], r.get("reference")))})
-    return out
+    from edge_kto.label import LabelConfig, run_label
+
+    with tempfile.TemporaryDirectory() as d:
+        out = run_label(LabelConfig(str(candidates), out=str(Path(d) / "kto.jsonl"), verifier=verifier, progress=False))
+        return [json.loads(x) for x in out.out.read_text().splitlines()]
 
 
 def variant_rows(spec: str, rows: list[dict], phrasings: list[dict], verifier: str) -> list[dict]:
